@@ -1,0 +1,4 @@
+;; Executes `unreachable`: a `trap`.
+(module
+  (memory (export "memory") 1)
+  (func (export "_start") unreachable))

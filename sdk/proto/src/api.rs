@@ -1,0 +1,360 @@
+//! Bodies of the coordinator's HTTP API (`/v1`, SPEC §5), shared by the coordinator, the worker and the
+//! client SDK. Binary payloads (inputs, outputs) travel as [`Blob`]: UTF-8 text when they are valid UTF-8,
+//! base64 otherwise, so JSON stays readable for the common case and exact for every byte string.
+
+use crate::{ErrorKind, Limits, Phase, Usage};
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Bytes in JSON: `"text"` when valid UTF-8, `{"base64": "..."}` otherwise.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Blob(pub Vec<u8>);
+
+impl Serialize for Blob {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match std::str::from_utf8(&self.0) {
+            Ok(text) => s.serialize_str(text),
+            Err(_) => {
+                use serde::ser::SerializeMap;
+                let mut map = s.serialize_map(Some(1))?;
+                map.serialize_entry("base64", &base64::engine::general_purpose::STANDARD.encode(&self.0))?;
+                map.end()
+            }
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Blob {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Repr {
+            Text(String),
+            Base64 { base64: String },
+        }
+        match Repr::deserialize(d)
+            .map_err(|_| serde::de::Error::custom("expected a string or an object `{\"base64\": \"...\"}`"))?
+        {
+            Repr::Text(text) => Ok(Blob(text.into_bytes())),
+            Repr::Base64 { base64 } => base64::engine::general_purpose::STANDARD
+                .decode(base64.as_bytes())
+                .map(Blob)
+                .map_err(|e| serde::de::Error::custom(format!("invalid base64: {e}"))),
+        }
+    }
+}
+
+impl From<Vec<u8>> for Blob {
+    fn from(bytes: Vec<u8>) -> Self {
+        Blob(bytes)
+    }
+}
+
+impl From<&str> for Blob {
+    fn from(text: &str) -> Self {
+        Blob(text.as_bytes().to_vec())
+    }
+}
+
+/// The JSON error body of every non-2xx response.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ErrorDetail {
+    /// Stable, machine-readable code such as `task_not_found`.
+    pub code: String,
+    pub message: String,
+}
+
+/// Answer to a module upload or existence check.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ModuleInfo {
+    pub module_id: String,
+    pub size: u64,
+    /// `command` or `component`.
+    pub kind: String,
+    /// False when the same bytes had already been uploaded.
+    #[serde(default)]
+    pub created: bool,
+}
+
+/// Optional limits of a task; unset fields take the coordinator's defaults.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsSpec {
+    pub fuel: Option<u64>,
+    pub memory_bytes: Option<u64>,
+    pub timeout_ms: Option<u64>,
+    pub output_bytes: Option<u64>,
+    pub log_bytes: Option<u64>,
+}
+
+/// `POST /v1/tasks`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct SubmitTask {
+    pub module_id: String,
+    /// One map subtask per input; with `split`, exactly one input that the split step divides.
+    pub inputs: Vec<Blob>,
+    #[serde(default)]
+    pub priority: i32,
+    #[serde(default)]
+    pub limits: LimitsSpec,
+    pub max_attempts: Option<u32>,
+    #[serde(default)]
+    pub retry_on_error: bool,
+    #[serde(default)]
+    pub split: bool,
+    #[serde(default)]
+    pub reduce: bool,
+    pub idempotency_key: Option<String>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Whole-task deadline in milliseconds from submission.
+    pub deadline_ms: Option<u64>,
+}
+
+/// Task states, spelled the same in every output (SPEC §5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TaskState {
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl TaskState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskState::Queued => "queued",
+            TaskState::Running => "running",
+            TaskState::Succeeded => "succeeded",
+            TaskState::Failed => "failed",
+            TaskState::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn is_finished(self) -> bool {
+        matches!(self, TaskState::Succeeded | TaskState::Failed | TaskState::Cancelled)
+    }
+
+    pub fn parse(text: &str) -> Option<TaskState> {
+        [TaskState::Queued, TaskState::Running, TaskState::Succeeded, TaskState::Failed, TaskState::Cancelled]
+            .into_iter()
+            .find(|s| s.as_str() == text)
+    }
+}
+
+impl std::fmt::Display for TaskState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Subtasks of a task by state.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SubtaskCounts {
+    pub queued: u64,
+    pub leased: u64,
+    pub succeeded: u64,
+    pub failed: u64,
+    pub cancelled: u64,
+}
+
+impl SubtaskCounts {
+    pub fn total(&self) -> u64 {
+        self.queued + self.leased + self.succeeded + self.failed + self.cancelled
+    }
+}
+
+/// `GET /v1/tasks/{id}`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TaskStatus {
+    pub task_id: String,
+    pub module_id: String,
+    pub state: TaskState,
+    pub priority: i32,
+    pub split: bool,
+    pub reduce: bool,
+    /// Map subtasks by state (split and reduce steps are reported in `phase`).
+    pub subtasks: SubtaskCounts,
+    /// The step the task is in: `split`, `map`, `reduce` or `done`.
+    pub phase: String,
+    /// Usage summed over every finished subtask (peak memory is the maximum).
+    pub usage: Usage,
+    pub error: Option<String>,
+    pub created_at_ms: u64,
+    pub finished_at_ms: Option<u64>,
+}
+
+/// `GET /v1/tasks/{id}/result`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TaskResult {
+    pub task_id: String,
+    pub state: TaskState,
+    /// The reduce output, when the task has a reduce step.
+    pub result: Option<Blob>,
+    /// The map outputs in input order, when it has none.
+    pub outputs: Option<Vec<Blob>>,
+}
+
+/// `GET /v1/tasks`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TaskList {
+    pub tasks: Vec<TaskStatus>,
+}
+
+/// `POST /v1/workers`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterWorker {
+    pub name: String,
+    pub slots: u32,
+    pub memory_bytes: u64,
+    pub cores: u32,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Registered {
+    pub worker_id: String,
+    pub heartbeat_ms: u64,
+    pub lease_ms: u64,
+}
+
+/// `POST /v1/workers/{id}/heartbeat`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Heartbeat {
+    pub running: u32,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct HeartbeatReply {
+    /// Subtasks the worker must stop (their task was cancelled).
+    pub cancel: Vec<i64>,
+}
+
+/// `POST /v1/workers/{id}/lease`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct LeaseRequest {
+    pub max: u32,
+    /// Long-poll: how long to wait for work when none is queued.
+    #[serde(default)]
+    pub wait_ms: u64,
+}
+
+/// One leased subtask.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LeasedSubtask {
+    pub subtask_id: i64,
+    pub task_id: String,
+    pub index: u64,
+    pub phase: Phase,
+    pub attempt: u32,
+    pub input: Blob,
+}
+
+/// What every subtask of one task shares.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LeasedTask {
+    pub module_id: String,
+    pub limits: Limits,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Lease {
+    pub subtasks: Vec<LeasedSubtask>,
+    pub tasks: BTreeMap<String, LeasedTask>,
+}
+
+/// The outcome of one subtask run, as a worker reports it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Completion {
+    pub subtask_id: i64,
+    pub attempt: u32,
+    pub outcome: Outcome,
+    #[serde(default)]
+    pub log: Blob,
+    pub usage: Usage,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    Output(Blob),
+    Error { kind: ErrorKind, message: String },
+}
+
+/// `POST /v1/workers/{id}/complete`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct CompleteBatch {
+    pub completions: Vec<Completion>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CompleteReply {
+    pub accepted: u32,
+    /// Completions refused because their lease is no longer current (fencing).
+    pub refused: Vec<i64>,
+}
+
+/// One row of `GET /v1/workers`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct WorkerInfo {
+    pub worker_id: String,
+    pub name: String,
+    pub state: String,
+    pub slots: u32,
+    pub memory_bytes: u64,
+    pub cores: u32,
+    pub labels: BTreeMap<String, String>,
+    pub running: u32,
+    pub last_heartbeat_ms: u64,
+    pub completed: u64,
+    pub failed: u64,
+    pub usage: Usage,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct WorkerList {
+    pub workers: Vec<WorkerInfo>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blob_text_and_binary_round_trip() {
+        for bytes in [b"plain text".to_vec(), vec![0xff, 0x00, 0x80]] {
+            let json = serde_json::to_string(&Blob(bytes.clone())).expect("serialise");
+            assert_eq!(serde_json::from_str::<Blob>(&json).expect("parse"), Blob(bytes));
+        }
+        assert_eq!(serde_json::to_string(&Blob(vec![0xff])).expect("serialise"), r#"{"base64":"/w=="}"#);
+    }
+
+    #[test]
+    fn bad_blob_rejected() {
+        assert!(serde_json::from_str::<Blob>("42").is_err());
+        assert!(
+            serde_json::from_str::<Blob>(r#"{"base64":"!!"}"#).unwrap_err().to_string().contains("base64")
+        );
+    }
+
+    #[test]
+    fn unknown_submit_fields_rejected() {
+        let err = serde_json::from_str::<SubmitTask>(r#"{"module_id":"x","inputs":[],"priorty":3}"#)
+            .expect_err("typo");
+        assert!(err.to_string().contains("priorty"), "{err}");
+    }
+}
