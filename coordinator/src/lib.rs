@@ -1,1 +1,146 @@
-//! hivemind-coordinator
+//! `hivemind-coordinator`: the HTTP API server and the components behind it (SPEC §1, §4–6).
+//!
+//! - [`api`]: the `/v1` routes (modules, tasks, workers), health, metrics and the OpenAPI document;
+//! - the task manager and scheduler live in the store's queries (`store::sqlite`): submit, lease in priority
+//!   then FIFO order, complete with fencing, split/reduce transitions;
+//! - [`Coordinator`] holds the shared state: the store, the notifications that wake long-polling workers
+//!   and clients, the metrics, and the module validator (a compile-only sandbox runtime);
+//! - background loops: the failure detector (declares silent workers dead, requeues their subtasks) and the
+//!   deadline checker.
+//!
+//! [`serve`] takes an already-bound listener and a shutdown future, so tests bind `127.0.0.1:0`.
+
+pub mod api;
+pub mod config;
+pub mod error;
+mod metrics;
+mod openapi;
+pub mod store;
+
+pub use config::{Caps, Config};
+pub use metrics::Metrics;
+
+use hivemind_runtime::{Runtime, RuntimeConfig};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use store::Store;
+use store::sqlite::{Durability, SqliteStore};
+use tokio::sync::{Notify, watch};
+
+/// Milliseconds since the Unix epoch: the store's clock.
+pub fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// Shared state of a running coordinator.
+pub struct Coordinator {
+    pub config: Config,
+    pub store: Arc<dyn Store>,
+    /// Compiles uploaded modules to validate them (never instantiates them).
+    validator: Runtime,
+    /// Wakes long-polling lease requests when work may be available.
+    work: Notify,
+    /// Bumped whenever a task finishes; long-polling waits watch it.
+    task_events: watch::Sender<u64>,
+    pub metrics: Metrics,
+}
+
+impl std::fmt::Debug for Coordinator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Coordinator").field("data_dir", &self.config.data_dir).finish_non_exhaustive()
+    }
+}
+
+impl Coordinator {
+    /// Opens the embedded SQLite store in `config.data_dir` (creating it) and prepares the coordinator.
+    pub fn open(config: Config) -> anyhow::Result<Arc<Self>> {
+        std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+            anyhow::anyhow!("cannot create data directory `{}`: {e}", config.data_dir.display())
+        })?;
+        let path = config.data_dir.join("hivemind.db");
+        let store = SqliteStore::open(&path, Durability::Process)
+            .map_err(|e| anyhow::anyhow!("cannot open the store `{}`: {e}", path.display()))?;
+        Self::with_store(config, Arc::new(store))
+    }
+
+    /// Prepares a coordinator on any store backend.
+    pub fn with_store(config: Config, store: Arc<dyn Store>) -> anyhow::Result<Arc<Self>> {
+        let validator =
+            Runtime::new(RuntimeConfig { on_demand: true, max_instances: 4, ..RuntimeConfig::default() })?;
+        // Workers that were alive when the coordinator stopped get a fresh detection window to reconnect.
+        store.grace_workers(now_ms())?;
+        Ok(Arc::new(Coordinator {
+            config,
+            store,
+            validator,
+            work: Notify::new(),
+            task_events: watch::channel(0).0,
+            metrics: Metrics::default(),
+        }))
+    }
+
+    fn work_available(&self) {
+        self.work.notify_waiters();
+    }
+
+    fn tasks_finished(&self, n: usize) {
+        if n > 0 {
+            self.task_events.send_modify(|v| *v += 1);
+        }
+    }
+
+    /// One pass of the failure detector and the deadline checker.
+    pub async fn detect_failures(self: &Arc<Self>) {
+        let this = self.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            let now = now_ms();
+            let silent_since = now.saturating_sub(this.config.dead_after.as_millis() as u64);
+            let dead = this.store.expire_workers(silent_since, now)?;
+            let expired = this.store.expire_deadlines(now)?;
+            Ok::<_, store::StoreError>((dead, expired))
+        })
+        .await;
+        match result {
+            Ok(Ok((dead, expired))) => {
+                for (worker, requeued) in &dead {
+                    tracing::warn!(worker = %worker, requeued, "worker declared dead; its subtasks were requeued");
+                    self.metrics.workers_declared_dead.inc();
+                    self.metrics.subtasks_requeued.add(*requeued);
+                }
+                for task in &expired {
+                    tracing::warn!(task = %task, "task deadline exceeded");
+                }
+                // Also wakes waiters for retries whose backoff has elapsed.
+                self.work_available();
+                self.tasks_finished(dead.len() + expired.len());
+            }
+            Ok(Err(err)) => tracing::error!(error = %err, "failure detection pass failed"),
+            Err(err) => tracing::error!(error = %err, "failure detection pass panicked"),
+        }
+    }
+}
+
+/// Serves the API on `listener` until `shutdown` resolves, running the background loops alongside.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    coordinator: Arc<Coordinator>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let detector = {
+        let coordinator = coordinator.clone();
+        let period = (coordinator.config.heartbeat_interval / 2).max(Duration::from_millis(10));
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(period);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                coordinator.detect_failures().await;
+            }
+        })
+    };
+    let router = api::router(coordinator);
+    let result = axum::serve(listener, router).with_graceful_shutdown(shutdown).await;
+    detector.abort();
+    result
+}

@@ -237,7 +237,7 @@ fn wordcount_split_map_reduce() {
     let split =
         runtime().run(&module, request(Phase::Split, text.as_bytes(), Limits::default())).expect("split");
     let chunks = hivemind_proto::frame::decode_frames(&split.output).expect("frames");
-    assert_eq!(chunks.len(), 4, "200 lines in chunks of 64");
+    assert_eq!(chunks.len(), 25, "200 lines in chunks of 8");
     let outputs: Vec<Vec<u8>> = chunks
         .iter()
         .map(|c| runtime().run(&module, request(Phase::Map, c, Limits::default())).expect("map").output)

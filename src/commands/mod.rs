@@ -1,7 +1,12 @@
 //! The subcommands of `hivemind`, one file each, and the options every command shares.
 
 mod bench;
+mod coordinator;
+mod demo;
+mod module;
 mod run;
+mod task;
+mod worker;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -9,7 +14,8 @@ use std::process::ExitCode;
 /// Hivemind: run WebAssembly task functions across many machines.
 #[derive(Debug, Parser)]
 #[command(name = "hivemind", version, about, long_about = None)]
-#[command(after_help = "Example:\n  hivemind run guest-examples/echo.wasm --input README.md")]
+#[command(after_help = "Examples:\n  hivemind demo\n  hivemind coordinator &\n  hivemind worker &\n  \
+    hivemind task submit --module echo.wasm --input notes.txt --wait")]
 pub struct Cli {
     #[command(flatten)]
     pub global: Global,
@@ -20,14 +26,33 @@ pub struct Cli {
 /// Options every subcommand accepts.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Global {
+    /// Coordinator URL; a comma-separated list means "try these in order".
+    #[arg(long, global = true, env = "HIVEMIND_COORDINATOR", default_value = "http://127.0.0.1:5000")]
+    pub coordinator: String,
+    /// Bearer token sent to the coordinator.
+    #[arg(long, global = true, env = "HIVEMIND_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
     /// Print one JSON document on stdout instead of human-readable text.
     #[arg(long, global = true)]
     pub json: bool,
 }
 
+impl Global {
+    pub fn client(&self) -> anyhow::Result<hivemind_client::Client> {
+        Ok(hivemind_client::Client::with_token(&self.coordinator, self.token.clone())?)
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     Run(run::Run),
+    Coordinator(coordinator::CoordinatorCmd),
+    Worker(worker::WorkerCmd),
+    #[command(subcommand)]
+    Module(module::ModuleCmd),
+    #[command(subcommand)]
+    Task(task::TaskCmd),
+    Demo(demo::Demo),
     Bench(bench::Bench),
 }
 
@@ -35,8 +60,29 @@ impl Cli {
     pub fn execute(self) -> anyhow::Result<ExitCode> {
         match self.command {
             Command::Run(cmd) => cmd.execute(&self.global),
+            Command::Coordinator(cmd) => async_main(cmd.execute(&self.global)),
+            Command::Worker(cmd) => async_main(cmd.execute(&self.global)),
+            Command::Module(cmd) => async_main(cmd.execute(&self.global)),
+            Command::Task(cmd) => async_main(cmd.execute(&self.global)),
+            Command::Demo(cmd) => async_main(cmd.execute(&self.global)),
             Command::Bench(cmd) => cmd.execute(&self.global),
         }
+    }
+}
+
+/// Runs an async command on a multi-threaded tokio runtime.
+pub fn async_main(
+    fut: impl std::future::Future<Output = anyhow::Result<ExitCode>>,
+) -> anyhow::Result<ExitCode> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(fut)
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
     }
 }
 
@@ -55,4 +101,18 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
 /// Parses a duration flag (`5s`).
 pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
     hivemind_proto::units::parse_duration(text)
+}
+
+/// Parses `KEY=VALUE`.
+pub fn parse_label(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
+        _ => Err(format!("invalid label `{text}`: expected KEY=VALUE")),
+    }
+}
+
+/// Prints `value` as one JSON document.
+pub fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
 }

@@ -1,1 +1,369 @@
-//! hivemind-worker
+//! `hivemind-worker`: registers with a coordinator, heartbeats, leases subtasks in batches (long polling),
+//! runs them in the sandbox up to its slots, and reports results in batches.
+//!
+//! Tasks of one worker process:
+//! - the **lease loop** keeps up to `prefetch` subtasks leased, long-polling when it has none;
+//! - one **runner** per leased subtask waits for a slot (a semaphore), fetches the module once (download,
+//!   sha256 check, compile or load from the on-disk cache) and runs it on the blocking pool;
+//! - the **reporter** sends every result that accumulated while the previous report was in flight, so
+//!   batches grow with load without a timer;
+//! - the **heartbeat** renews the worker's leases and learns which running subtasks to cancel.
+//!
+//! Connection failures are retried with backoff; a worker the coordinator declared dead registers again.
+
+mod modules;
+
+use hivemind_client::{
+    Client, CompleteBatch, Completion, Heartbeat, LeaseRequest, LeasedSubtask, LeasedTask, Outcome,
+    RegisterWorker,
+};
+use hivemind_proto::api::Blob;
+use hivemind_runtime::{CancelToken, RunRequest, Runtime, RuntimeConfig};
+use modules::ModuleCache;
+use parking_lot::Mutex;
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
+use tokio::sync::{Notify, Semaphore, mpsc};
+
+/// Worker configuration.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// Concurrent subtasks (default: the number of cores).
+    pub slots: u32,
+    /// Memory budget advertised to the scheduler (default: the machine's total memory).
+    pub memory_bytes: u64,
+    pub labels: BTreeMap<String, String>,
+    /// Where compiled modules are cached across restarts.
+    pub cache_dir: Option<PathBuf>,
+    pub name: String,
+    /// Subtasks leased ahead of free slots, so short subtasks never wait for a round trip.
+    pub prefetch: u32,
+    /// Long-poll duration of an idle lease request.
+    pub idle_wait: Duration,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        let slots = num_cpus::get() as u32;
+        let mut system = sysinfo::System::new();
+        system.refresh_memory();
+        WorkerConfig {
+            slots,
+            memory_bytes: system.total_memory(),
+            labels: BTreeMap::new(),
+            cache_dir: None,
+            name: hostname(),
+            prefetch: slots * 32,
+            idle_wait: Duration::from_secs(10),
+        }
+    }
+}
+
+fn hostname() -> String {
+    sysinfo::System::host_name().unwrap_or_else(|| "worker".into())
+}
+
+/// Shared state of one running worker.
+struct Worker {
+    client: Client,
+    config: WorkerConfig,
+    runtime: Runtime,
+    modules: ModuleCache,
+    /// Current registration; replaced when the coordinator declares this worker dead.
+    worker_id: Mutex<String>,
+    /// Set when the coordinator no longer knows this worker: the lease loop registers again.
+    lost: AtomicBool,
+    /// Subtasks leased but not yet reported.
+    in_flight: AtomicU32,
+    running: AtomicU32,
+    /// Heartbeat period the coordinator asked for at registration.
+    heartbeat_ms: AtomicU64,
+    /// Woken whenever a subtask finishes, so the lease loop can top up.
+    slot_freed: Notify,
+    slots: Semaphore,
+    /// Cancel tokens of subtasks being run, by subtask id.
+    cancels: Mutex<HashMap<i64, CancelToken>>,
+    results: mpsc::UnboundedSender<Completion>,
+}
+
+/// Runs a worker until `shutdown` resolves, then drains: stops leasing, lets running subtasks finish,
+/// reports their results and deregisters (the coordinator requeues anything not reported).
+pub async fn run(
+    client: Client,
+    config: WorkerConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let runtime = Runtime::new(RuntimeConfig {
+        cache_dir: config.cache_dir.clone(),
+        max_instances: (config.slots * 2).max(16),
+        ..RuntimeConfig::default()
+    })?;
+    let (tx, rx) = mpsc::unbounded_channel();
+    let worker = Arc::new(Worker {
+        modules: ModuleCache::new(client.clone(), runtime.clone()),
+        client,
+        runtime,
+        worker_id: Mutex::new(String::new()),
+        lost: AtomicBool::new(true),
+        in_flight: AtomicU32::new(0),
+        running: AtomicU32::new(0),
+        heartbeat_ms: AtomicU64::new(1000),
+        slot_freed: Notify::new(),
+        slots: Semaphore::new(config.slots as usize),
+        cancels: Mutex::new(HashMap::new()),
+        results: tx,
+        config,
+    });
+    let stopping = Arc::new(Notify::new());
+    let stop_flag = Arc::new(AtomicBool::new(false));
+    {
+        let (stopping, stop_flag) = (stopping.clone(), stop_flag.clone());
+        tokio::spawn(async move {
+            shutdown.await;
+            stop_flag.store(true, Ordering::SeqCst);
+            stopping.notify_waiters();
+        });
+    }
+    let reporter = tokio::spawn(report(worker.clone(), rx));
+    let heart = tokio::spawn(heartbeat(worker.clone()));
+
+    worker.lease_loop(&stopping, &stop_flag).await;
+
+    // Drain: wait for leased subtasks to finish, then flush results and leave.
+    tracing::info!(in_flight = worker.in_flight.load(Ordering::SeqCst), "draining");
+    while worker.in_flight.load(Ordering::SeqCst) > 0 {
+        let freed = worker.slot_freed.notified();
+        if worker.in_flight.load(Ordering::SeqCst) == 0 {
+            break;
+        }
+        let _ = tokio::time::timeout(Duration::from_millis(100), freed).await;
+    }
+    // Every result has been reported (in_flight counts until the report is acknowledged).
+    heart.abort();
+    reporter.abort();
+    let id = worker.id();
+    let client = worker.client.clone();
+    if !id.is_empty() && !worker.lost.load(Ordering::SeqCst) {
+        match client.deregister(&id).await {
+            Ok(()) => tracing::info!(worker = %id, "deregistered"),
+            Err(e) => tracing::warn!(worker = %id, error = %e, "could not deregister"),
+        }
+    }
+    Ok(())
+}
+
+/// Exponential backoff for coordinator connection failures: 50 ms doubling to 2 s.
+fn backoff(attempt: u32) -> Duration {
+    Duration::from_millis(50u64.saturating_mul(1 << attempt.min(6))).min(Duration::from_secs(2))
+}
+
+impl Worker {
+    fn id(&self) -> String {
+        self.worker_id.lock().clone()
+    }
+
+    async fn register(&self, stop: &AtomicBool) {
+        let req = RegisterWorker {
+            name: self.config.name.clone(),
+            slots: self.config.slots,
+            memory_bytes: self.config.memory_bytes,
+            cores: num_cpus::get() as u32,
+            labels: self.config.labels.clone(),
+        };
+        let mut attempt = 0;
+        while !stop.load(Ordering::SeqCst) {
+            match self.client.register(&req).await {
+                Ok(reg) => {
+                    tracing::info!(worker = %reg.worker_id, coordinator = %self.client.url(), "registered");
+                    *self.worker_id.lock() = reg.worker_id;
+                    self.heartbeat_ms.store(reg.heartbeat_ms.max(10), Ordering::SeqCst);
+                    self.lost.store(false, Ordering::SeqCst);
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot register; retrying");
+                    tokio::time::sleep(backoff(attempt)).await;
+                    attempt += 1;
+                }
+            }
+        }
+    }
+
+    async fn lease_loop(self: &Arc<Self>, stopping: &Notify, stop: &AtomicBool) {
+        let mut failures = 0;
+        while !stop.load(Ordering::SeqCst) {
+            if self.lost.load(Ordering::SeqCst) {
+                self.register(stop).await;
+                continue;
+            }
+            let in_flight = self.in_flight.load(Ordering::SeqCst);
+            let want = self.config.prefetch.max(self.config.slots).saturating_sub(in_flight);
+            if want == 0 || (in_flight > 0 && in_flight >= self.config.slots) {
+                // Enough work in hand: wait until a subtask finishes.
+                let freed = self.slot_freed.notified();
+                tokio::select! { _ = freed => {}, _ = stopping.notified() => {} }
+                continue;
+            }
+            let wait = if in_flight == 0 { self.config.idle_wait } else { Duration::ZERO };
+            let req = LeaseRequest { max: want, wait_ms: wait.as_millis() as u64 };
+            let id = self.id();
+            let lease = tokio::select! {
+                lease = self.client.lease(&id, &req) => lease,
+                _ = stopping.notified() => break,
+            };
+            match lease {
+                Ok(lease) => {
+                    failures = 0;
+                    if lease.subtasks.is_empty() && in_flight > 0 {
+                        let freed = self.slot_freed.notified();
+                        tokio::select! { _ = freed => {}, _ = stopping.notified() => {} }
+                    }
+                    for subtask in lease.subtasks {
+                        let Some(task) = lease.tasks.get(&subtask.task_id).cloned() else { continue };
+                        self.in_flight.fetch_add(1, Ordering::SeqCst);
+                        tokio::spawn(self.clone().execute(subtask, task));
+                    }
+                }
+                Err(e) if e.code() == Some("worker_unknown") => {
+                    tracing::warn!(worker = %id, "the coordinator declared this worker dead; registering again");
+                    self.lost.store(true, Ordering::SeqCst);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "lease failed; retrying");
+                    tokio::time::sleep(backoff(failures)).await;
+                    failures += 1;
+                }
+            }
+        }
+    }
+
+    /// Runs one leased subtask when a slot is free and queues its result.
+    async fn execute(self: Arc<Self>, subtask: LeasedSubtask, task: LeasedTask) {
+        let permit = self.slots.acquire().await.expect("the slot semaphore is never closed");
+        let token = CancelToken::new();
+        self.cancels.lock().insert(subtask.subtask_id, token.clone());
+        self.running.fetch_add(1, Ordering::SeqCst);
+        let outcome = match self.modules.get(&task.module_id).await {
+            Ok(module) => {
+                let request = RunRequest {
+                    phase: subtask.phase,
+                    input: subtask.input.0.into(),
+                    limits: task.limits,
+                    task_id: subtask.task_id.clone(),
+                    subtask_index: subtask.index,
+                    attempt: subtask.attempt,
+                    cancel: Some(token),
+                };
+                self.runtime.run_async(&module, request).await
+            }
+            Err(failure) => Err(failure),
+        };
+        self.running.fetch_sub(1, Ordering::SeqCst);
+        self.cancels.lock().remove(&subtask.subtask_id);
+        drop(permit);
+        let completion = match outcome {
+            Ok(out) => Completion {
+                subtask_id: subtask.subtask_id,
+                attempt: subtask.attempt,
+                outcome: Outcome::Output(Blob(out.output)),
+                log: Blob(out.log),
+                usage: out.usage,
+            },
+            Err(err) => Completion {
+                subtask_id: subtask.subtask_id,
+                attempt: subtask.attempt,
+                outcome: Outcome::Error { kind: err.kind, message: err.message },
+                log: Blob(err.log),
+                usage: err.usage,
+            },
+        };
+        let _ = self.results.send(completion);
+    }
+}
+
+/// Sends results in batches: everything that accumulated while the previous batch was in flight.
+async fn report(worker: Arc<Worker>, mut rx: mpsc::UnboundedReceiver<Completion>) {
+    let weak = Arc::downgrade(&worker);
+    let client = worker.client.clone();
+    drop(worker);
+    while let Some(first) = rx.recv().await {
+        let mut completions = vec![first];
+        while completions.len() < 2048 {
+            match rx.try_recv() {
+                Ok(c) => completions.push(c),
+                Err(_) => break,
+            }
+        }
+        let n = completions.len() as u32;
+        let batch = CompleteBatch { completions };
+        let mut attempt = 0;
+        loop {
+            let Some(worker) = weak.upgrade() else {
+                // Draining after shutdown: the worker is gone but its id is still registered.
+                break;
+            };
+            let id = worker.id();
+            match client.complete(&id, &batch).await {
+                Ok(reply) => {
+                    if !reply.refused.is_empty() {
+                        tracing::warn!(
+                            refused = reply.refused.len(),
+                            "stale results refused by the coordinator"
+                        );
+                    }
+                    break;
+                }
+                Err(e)
+                    if e.code() == Some("worker_unknown")
+                        || matches!(e, hivemind_client::Error::Api { .. }) =>
+                {
+                    tracing::warn!(error = %e, "results refused");
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot report results; retrying");
+                    drop(worker);
+                    tokio::time::sleep(backoff(attempt)).await;
+                    attempt += 1;
+                }
+            }
+        }
+        if let Some(worker) = weak.upgrade() {
+            worker.in_flight.fetch_sub(n, Ordering::SeqCst);
+            worker.slot_freed.notify_waiters();
+        }
+    }
+}
+
+/// Heartbeats every interval the coordinator asked for; cancels subtasks it names.
+async fn heartbeat(worker: Arc<Worker>) {
+    loop {
+        tokio::time::sleep(Duration::from_millis(worker.heartbeat_ms.load(Ordering::SeqCst))).await;
+        if worker.lost.load(Ordering::SeqCst) {
+            continue;
+        }
+        let id = worker.id();
+        let beat = Heartbeat { running: worker.running.load(Ordering::SeqCst) };
+        match worker.client.heartbeat(&id, &beat).await {
+            Ok(reply) => {
+                let cancels = worker.cancels.lock();
+                for subtask in reply.cancel {
+                    if let Some(token) = cancels.get(&subtask) {
+                        tracing::info!(subtask, "cancelling");
+                        token.cancel();
+                    }
+                }
+            }
+            Err(e) if e.code() == Some("worker_unknown") => {
+                tracing::warn!(worker = %id, "heartbeat refused: declared dead; registering again");
+                worker.lost.store(true, Ordering::SeqCst);
+                worker.slot_freed.notify_waiters();
+            }
+            Err(e) => tracing::warn!(error = %e, "heartbeat failed"),
+        }
+    }
+}

@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 
 /// Lines per map subtask.
-const LINES_PER_CHUNK: usize = 64;
+const LINES_PER_CHUNK: usize = 8;
 
 type Counts = BTreeMap<String, u64>;
 

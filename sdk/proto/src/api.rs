@@ -200,8 +200,8 @@ pub struct TaskResult {
     pub state: TaskState,
     /// The reduce output, when the task has a reduce step.
     pub result: Option<Blob>,
-    /// The map outputs in input order, when it has none.
-    pub outputs: Option<Vec<Blob>>,
+    /// The map outputs in input order, when it has none (`null` for subtasks without a result).
+    pub outputs: Option<Vec<Option<Blob>>>,
 }
 
 /// `GET /v1/tasks`.

@@ -1,0 +1,576 @@
+//! The HTTP API (SPEC §5): routes, request validation, and the long-polling lease and wait endpoints.
+//! Every error is an [`ApiError`] with a JSON body; nothing invalid reaches the store.
+
+use crate::error::ApiError;
+use crate::metrics::Gauges;
+use crate::store::{NewTask, RetryPolicy, StoreError, TaskFilter};
+use crate::{Coordinator, now_ms};
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use hivemind_proto::Limits;
+use hivemind_proto::api::{
+    CompleteBatch, Heartbeat, LeaseRequest, ModuleInfo, RegisterWorker, Registered, SubmitTask, TaskList,
+    TaskState, WorkerList,
+};
+use hivemind_runtime::ModuleId;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+type AppState = Arc<Coordinator>;
+type ApiResult<T> = Result<T, ApiError>;
+
+/// Every route, as `(method, path)`; the OpenAPI document lists exactly these.
+pub const ROUTES: &[(&str, &str)] = &[
+    ("get", "/healthz"),
+    ("get", "/metrics"),
+    ("get", "/v1/openapi.json"),
+    ("post", "/v1/modules"),
+    ("put", "/v1/modules/{module_id}"),
+    ("get", "/v1/modules/{module_id}"),
+    ("get", "/v1/modules/{module_id}/info"),
+    ("post", "/v1/tasks"),
+    ("get", "/v1/tasks"),
+    ("get", "/v1/tasks/{task_id}"),
+    ("get", "/v1/tasks/{task_id}/wait"),
+    ("get", "/v1/tasks/{task_id}/result"),
+    ("post", "/v1/tasks/{task_id}/cancel"),
+    ("post", "/v1/workers"),
+    ("get", "/v1/workers"),
+    ("delete", "/v1/workers/{worker_id}"),
+    ("post", "/v1/workers/{worker_id}/heartbeat"),
+    ("post", "/v1/workers/{worker_id}/lease"),
+    ("post", "/v1/workers/{worker_id}/complete"),
+];
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .route("/v1/openapi.json", get(openapi))
+        .route("/v1/modules", post(upload_module))
+        .route("/v1/modules/{module_id}", put(put_module).get(download_module))
+        .route("/v1/modules/{module_id}/info", get(module_info))
+        .route("/v1/tasks", post(submit_task).get(list_tasks))
+        .route("/v1/tasks/{task_id}", get(task_status))
+        .route("/v1/tasks/{task_id}/wait", get(wait_task))
+        .route("/v1/tasks/{task_id}/result", get(task_result))
+        .route("/v1/tasks/{task_id}/cancel", post(cancel_task))
+        .route("/v1/workers", post(register_worker).get(list_workers))
+        .route("/v1/workers/{worker_id}", axum::routing::delete(deregister_worker))
+        .route("/v1/workers/{worker_id}/heartbeat", post(heartbeat))
+        .route("/v1/workers/{worker_id}/lease", post(lease))
+        .route("/v1/workers/{worker_id}/complete", post(complete))
+        .fallback(|| async { ApiError::not_found("no_such_route", "no such route: see /v1/openapi.json") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "method not allowed on this route",
+            )
+        })
+        .layer(axum::extract::DefaultBodyLimit::disable())
+        .with_state(state)
+}
+
+/// Runs a store call on the blocking pool.
+async fn blocking<T: Send + 'static>(
+    state: &AppState,
+    f: impl FnOnce(&Coordinator) -> Result<T, StoreError> + Send + 'static,
+) -> ApiResult<T> {
+    let state = state.clone();
+    tokio::task::spawn_blocking(move || f(&state))
+        .await
+        .map_err(|e| ApiError::internal(format!("store call panicked: {e}")))?
+        .map_err(ApiError::from)
+}
+
+/// Reads a body of at most `limit` bytes.
+async fn read_body(body: Body, limit: usize, what: &str) -> ApiResult<Bytes> {
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        if std::error::Error::source(&e).is_some_and(|s| s.to_string().contains("length limit")) {
+            ApiError::too_large("body_too_large", format!("{what} exceeds the limit of {limit} bytes"))
+        } else {
+            ApiError::bad_request("bad_body", format!("cannot read the request body: {e}"))
+        }
+    })
+}
+
+/// Parses a JSON body, naming the offending field on error.
+async fn json_body<T: DeserializeOwned>(state: &AppState, body: Body) -> ApiResult<T> {
+    let bytes = read_body(body, state.config.caps.max_body_bytes, "the request body").await?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::bad_request("invalid_json", format!("invalid JSON body: {e}")))
+}
+
+fn json<T: Serialize>(status: StatusCode, value: &T) -> Response {
+    (status, axum::Json(value)).into_response()
+}
+
+fn parse_module_id(text: &str) -> ApiResult<ModuleId> {
+    text.parse().map_err(|e: String| ApiError::bad_request("invalid_module_id", e))
+}
+
+fn validate_id(text: &str, what: &'static str) -> ApiResult<()> {
+    let ok =
+        !text.is_empty() && text.len() <= 64 && text.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+    if ok { Ok(()) } else { Err(ApiError::bad_request(what, format!("`{text}` is not a valid id"))) }
+}
+
+async fn healthz() -> impl IntoResponse {
+    axum::Json(serde_json::json!({ "status": "ok" }))
+}
+
+async fn metrics(State(state): State<AppState>) -> ApiResult<Response> {
+    let gauges = blocking(&state, |c| {
+        let workers = c.store.list_workers()?;
+        let alive = workers.iter().filter(|w| w.state == "alive");
+        Ok(Gauges {
+            queue_by_priority: c.store.queue_depth()?,
+            workers_alive: alive.clone().count() as u64,
+            slots_total: alive.clone().map(|w| u64::from(w.slots)).sum(),
+            subtasks_running: alive.map(|w| u64::from(w.running)).sum(),
+        })
+    })
+    .await?;
+    let text = state.metrics.render(&gauges);
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
+}
+
+async fn openapi() -> impl IntoResponse {
+    axum::Json(crate::openapi::document())
+}
+
+// ---- modules -------------------------------------------------------------------------------------------
+
+async fn store_module(state: AppState, stated: Option<ModuleId>, body: Body) -> ApiResult<Response> {
+    let bytes = read_body(body, state.config.caps.max_module_bytes, "the module").await?;
+    let id = ModuleId::of(&bytes);
+    if let Some(stated) = stated
+        && stated != id
+    {
+        return Err(ApiError::bad_request(
+            "module_hash_mismatch",
+            format!("the uploaded bytes hash to `{id}`, not to the stated `{stated}`"),
+        ));
+    }
+    let info = {
+        let id = id.clone();
+        blocking(&state, move |c| c.store.module_info(id.as_str())).await?
+    };
+    if let Some(info) = info {
+        return Ok(json(StatusCode::OK, &info));
+    }
+    let validator = state.validator.clone();
+    let checked = {
+        let bytes = bytes.clone();
+        let id = id.clone();
+        tokio::task::spawn_blocking(move || validator.load_with_id(id, &bytes).map(|m| m.kind()))
+            .await
+            .map_err(|e| ApiError::internal(format!("validation panicked: {e}")))?
+    };
+    let kind = checked.map_err(|e| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_module",
+            format!("module `{id}` is refused: {}", e.message),
+        )
+    })?;
+    let created = {
+        let id = id.clone();
+        blocking(&state, move |c| c.store.put_module(id.as_str(), kind.as_str(), &bytes, now_ms())).await?
+    };
+    let info = ModuleInfo { module_id: id.to_string(), size: 0, kind: kind.as_str().into(), created };
+    let size =
+        blocking(&state, move |c| c.store.module_info(id.as_str())).await?.map(|i| i.size).unwrap_or(0);
+    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+    Ok(json(status, &ModuleInfo { size, ..info }))
+}
+
+async fn upload_module(State(state): State<AppState>, body: Body) -> ApiResult<Response> {
+    store_module(state, None, body).await
+}
+
+async fn put_module(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    body: Body,
+) -> ApiResult<Response> {
+    let stated = parse_module_id(&id)?;
+    store_module(state, Some(stated), body).await
+}
+
+async fn download_module(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
+    let id = parse_module_id(&id)?;
+    let bytes = blocking(&state, {
+        let id = id.clone();
+        move |c| c.store.module_bytes(id.as_str())
+    })
+    .await?
+    .ok_or_else(|| ApiError::not_found("module_not_found", format!("module `{id}` is not uploaded")))?;
+    state.metrics.module_downloads.inc();
+    Ok(([(header::CONTENT_TYPE, "application/wasm")], bytes).into_response())
+}
+
+async fn module_info(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
+    let id = parse_module_id(&id)?;
+    let info = blocking(&state, {
+        let id = id.clone();
+        move |c| c.store.module_info(id.as_str())
+    })
+    .await?
+    .ok_or_else(|| ApiError::not_found("module_not_found", format!("module `{id}` is not uploaded")))?;
+    Ok(json(StatusCode::OK, &info))
+}
+
+// ---- tasks ---------------------------------------------------------------------------------------------
+
+/// Resolves a task's limits against the coordinator's defaults and maxima.
+fn resolve_limits(state: &Coordinator, spec: &hivemind_proto::api::LimitsSpec) -> ApiResult<Limits> {
+    let (default, max) = (state.config.default_limits, state.config.max_limits);
+    let pick = |name: &str, value: Option<u64>, default: u64, max: u64| -> ApiResult<u64> {
+        match value {
+            None => Ok(default.min(max)),
+            Some(0) => {
+                Err(ApiError::bad_request("invalid_limit", format!("limit `{name}` must be greater than 0")))
+            }
+            Some(v) if v > max => Err(ApiError::bad_request(
+                "limit_too_high",
+                format!("limit `{name}` of {v} exceeds the coordinator's maximum of {max}"),
+            )),
+            Some(v) => Ok(v),
+        }
+    };
+    Ok(Limits {
+        fuel: pick("fuel", spec.fuel, default.fuel, max.fuel)?,
+        memory_bytes: pick("memory_bytes", spec.memory_bytes, default.memory_bytes, max.memory_bytes)?,
+        timeout_ms: pick("timeout_ms", spec.timeout_ms, default.timeout_ms, max.timeout_ms)?,
+        output_bytes: pick("output_bytes", spec.output_bytes, default.output_bytes, max.output_bytes)?,
+        log_bytes: pick("log_bytes", spec.log_bytes, default.log_bytes, max.log_bytes)?,
+    })
+}
+
+fn validate_submit(state: &Coordinator, req: SubmitTask) -> ApiResult<NewTask> {
+    let caps = &state.config.caps;
+    let module_id = parse_module_id(&req.module_id)?;
+    if req.inputs.is_empty() {
+        return Err(ApiError::bad_request("no_inputs", "a task needs at least one input"));
+    }
+    if req.split && req.inputs.len() != 1 {
+        return Err(ApiError::bad_request(
+            "split_needs_one_input",
+            format!("a task with `split` takes exactly one input, got {}", req.inputs.len()),
+        ));
+    }
+    if req.inputs.len() > caps.max_inputs {
+        return Err(ApiError::too_large(
+            "too_many_inputs",
+            format!("{} inputs exceed the limit of {}", req.inputs.len(), caps.max_inputs),
+        ));
+    }
+    if let Some((i, input)) = req.inputs.iter().enumerate().find(|(_, b)| b.0.len() > caps.max_input_bytes) {
+        return Err(ApiError::too_large(
+            "input_too_large",
+            format!("input {i} has {} bytes, over the limit of {}", input.0.len(), caps.max_input_bytes),
+        ));
+    }
+    let (lo, hi) = caps.priority_range;
+    if !(lo..=hi).contains(&req.priority) {
+        return Err(ApiError::bad_request(
+            "priority_out_of_range",
+            format!("priority {} is outside {lo}..={hi}", req.priority),
+        ));
+    }
+    let max_attempts = req.max_attempts.unwrap_or(3);
+    if !(1..=caps.max_attempts).contains(&max_attempts) {
+        return Err(ApiError::bad_request(
+            "invalid_max_attempts",
+            format!("max_attempts {max_attempts} is outside 1..={}", caps.max_attempts),
+        ));
+    }
+    if req.labels.len() > caps.max_labels {
+        return Err(ApiError::bad_request(
+            "too_many_labels",
+            format!("{} labels exceed the limit of {}", req.labels.len(), caps.max_labels),
+        ));
+    }
+    if let Some(key) = &req.idempotency_key
+        && (key.is_empty() || key.len() > 256)
+    {
+        return Err(ApiError::bad_request(
+            "invalid_idempotency_key",
+            "idempotency_key must have 1 to 256 bytes",
+        ));
+    }
+    let limits = resolve_limits(state, &req.limits)?;
+    Ok(NewTask {
+        id: uuid::Uuid::now_v7().to_string(),
+        module_id: module_id.to_string(),
+        priority: req.priority,
+        limits,
+        max_attempts,
+        retry_on_error: req.retry_on_error,
+        split: req.split,
+        reduce: req.reduce,
+        labels: req.labels,
+        idempotency_key: req.idempotency_key,
+        deadline_at_ms: req.deadline_ms.map(|d| now_ms().saturating_add(d)),
+        inputs: req.inputs.into_iter().map(|b| b.0).collect(),
+    })
+}
+
+async fn submit_task(State(state): State<AppState>, body: Body) -> ApiResult<Response> {
+    let req: SubmitTask = json_body(&state, body).await?;
+    let task = validate_submit(&state, req)?;
+    let module_id = task.module_id.clone();
+    let known = blocking(&state, move |c| c.store.module_info(&module_id)).await?;
+    if known.is_none() {
+        return Err(ApiError::not_found(
+            "module_not_found",
+            format!("module `{}` is not uploaded: upload it first", task.module_id),
+        ));
+    }
+    let (status, created) = blocking(&state, move |c| c.store.submit(task, now_ms())).await?;
+    if created {
+        state.metrics.tasks_submitted.inc();
+        state.work_available();
+    }
+    Ok(json(if created { StatusCode::CREATED } else { StatusCode::OK }, &status))
+}
+
+fn task_not_found(id: &str) -> ApiError {
+    ApiError::not_found("task_not_found", format!("task `{id}` does not exist"))
+}
+
+async fn task_status(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
+    validate_id(&id, "invalid_task_id")?;
+    let status = blocking(&state, {
+        let id = id.clone();
+        move |c| c.store.task_status(&id)
+    })
+    .await?
+    .ok_or_else(|| task_not_found(&id))?;
+    Ok(json(StatusCode::OK, &status))
+}
+
+fn query_u64(query: &HashMap<String, String>, name: &str, default: u64) -> ApiResult<u64> {
+    match query.get(name) {
+        None => Ok(default),
+        Some(v) => v.parse().map_err(|_| {
+            ApiError::bad_request(
+                "invalid_query",
+                format!("query parameter `{name}` must be a non-negative integer"),
+            )
+        }),
+    }
+}
+
+fn reject_unknown_query(query: &HashMap<String, String>, known: &[&str]) -> ApiResult<()> {
+    match query.keys().find(|k| !known.contains(&k.as_str())) {
+        Some(k) => Err(ApiError::bad_request(
+            "invalid_query",
+            format!("unknown query parameter `{k}` (known: {})", known.join(", ")),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// Long-poll until the task finishes or `timeout_ms` (default 10 s) passes; returns its status either way.
+async fn wait_task(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+) -> ApiResult<Response> {
+    validate_id(&id, "invalid_task_id")?;
+    reject_unknown_query(&query, &["timeout_ms"])?;
+    let timeout = Duration::from_millis(query_u64(&query, "timeout_ms", 10_000)?).min(state.config.max_wait);
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut events = state.task_events.subscribe();
+    loop {
+        events.borrow_and_update();
+        let status = blocking(&state, {
+            let id = id.clone();
+            move |c| c.store.task_status(&id)
+        })
+        .await?
+        .ok_or_else(|| task_not_found(&id))?;
+        if status.state.is_finished() || tokio::time::Instant::now() >= deadline {
+            return Ok(json(StatusCode::OK, &status));
+        }
+        tokio::select! {
+            _ = events.changed() => {}
+            _ = tokio::time::sleep_until(deadline) => {}
+        }
+    }
+}
+
+async fn task_result(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
+    validate_id(&id, "invalid_task_id")?;
+    let (status, result) = blocking(&state, {
+        let id = id.clone();
+        move |c| Ok((c.store.task_status(&id)?, c.store.task_result(&id)?))
+    })
+    .await?;
+    let (Some(status), Some(result)) = (status, result) else { return Err(task_not_found(&id)) };
+    match status.state {
+        TaskState::Succeeded | TaskState::Cancelled => Ok(json(StatusCode::OK, &result)),
+        TaskState::Failed => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "task_failed",
+            format!("task `{id}` failed: {}", status.error.unwrap_or_default()),
+        )),
+        TaskState::Queued | TaskState::Running => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "task_not_finished",
+            format!("task `{id}` is still {}; wait for it to finish", status.state),
+        )),
+    }
+}
+
+async fn cancel_task(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
+    validate_id(&id, "invalid_task_id")?;
+    let status = blocking(&state, {
+        let id = id.clone();
+        move |c| c.store.cancel(&id, now_ms())
+    })
+    .await?
+    .ok_or_else(|| task_not_found(&id))?;
+    state.tasks_finished(1);
+    Ok(json(StatusCode::OK, &status))
+}
+
+async fn list_tasks(
+    State(state): State<AppState>,
+    Query(query): Query<HashMap<String, String>>,
+) -> ApiResult<Response> {
+    reject_unknown_query(&query, &["state", "module_id", "limit"])?;
+    let state_filter = match query.get("state") {
+        None => None,
+        Some(s) => Some(TaskState::parse(s).ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid_query",
+                format!("unknown state `{s}`: expected queued, running, succeeded, failed or cancelled"),
+            )
+        })?),
+    };
+    let module_id = query.get("module_id").map(|m| parse_module_id(m)).transpose()?.map(|m| m.to_string());
+    let limit = query_u64(&query, "limit", 100)?.clamp(1, 10_000) as u32;
+    let filter = TaskFilter { state: state_filter, module_id, limit };
+    let tasks = blocking(&state, move |c| c.store.list_tasks(&filter)).await?;
+    Ok(json(StatusCode::OK, &TaskList { tasks }))
+}
+
+// ---- workers -------------------------------------------------------------------------------------------
+
+async fn register_worker(State(state): State<AppState>, body: Body) -> ApiResult<Response> {
+    let req: RegisterWorker = json_body(&state, body).await?;
+    if req.slots == 0 || req.slots > 4096 {
+        return Err(ApiError::bad_request(
+            "invalid_slots",
+            format!("slots must be 1..=4096, got {}", req.slots),
+        ));
+    }
+    if req.name.len() > 256 || req.labels.len() > state.config.caps.max_labels {
+        return Err(ApiError::bad_request("invalid_worker", "worker name or labels too long"));
+    }
+    let id = format!("w-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    blocking(&state, {
+        let id = id.clone();
+        move |c| c.store.register_worker(&id, &req, now_ms())
+    })
+    .await?;
+    tracing::info!(worker = %id, "worker registered");
+    let reply = Registered {
+        worker_id: id,
+        heartbeat_ms: state.config.heartbeat_interval.as_millis() as u64,
+        lease_ms: state.config.dead_after.as_millis() as u64,
+    };
+    Ok(json(StatusCode::CREATED, &reply))
+}
+
+async fn list_workers(State(state): State<AppState>) -> ApiResult<Response> {
+    let workers = blocking(&state, |c| c.store.list_workers()).await?;
+    Ok(json(StatusCode::OK, &WorkerList { workers }))
+}
+
+async fn deregister_worker(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
+    validate_id(&id, "invalid_worker_id")?;
+    let requeued = blocking(&state, {
+        let id = id.clone();
+        move |c| c.store.deregister_worker(&id, now_ms())
+    })
+    .await?;
+    if requeued > 0 {
+        state.work_available();
+    }
+    tracing::info!(worker = %id, requeued, "worker deregistered");
+    Ok(json(StatusCode::OK, &serde_json::json!({ "requeued": requeued })))
+}
+
+async fn heartbeat(State(state): State<AppState>, Path(id): Path<String>, body: Body) -> ApiResult<Response> {
+    validate_id(&id, "invalid_worker_id")?;
+    let req: Heartbeat = json_body(&state, body).await?;
+    let reply = blocking(&state, move |c| c.store.heartbeat(&id, req.running, now_ms())).await?;
+    Ok(json(StatusCode::OK, &reply))
+}
+
+async fn lease(State(state): State<AppState>, Path(id): Path<String>, body: Body) -> ApiResult<Response> {
+    validate_id(&id, "invalid_worker_id")?;
+    let req: LeaseRequest = json_body(&state, body).await?;
+    if req.max == 0 || req.max > state.config.caps.max_lease_batch {
+        return Err(ApiError::bad_request(
+            "invalid_lease",
+            format!("max must be 1..={}, got {}", state.config.caps.max_lease_batch, req.max),
+        ));
+    }
+    let deadline =
+        tokio::time::Instant::now() + Duration::from_millis(req.wait_ms).min(state.config.max_wait);
+    loop {
+        let notified = state.work.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        let lease = blocking(&state, {
+            let id = id.clone();
+            move |c| c.store.lease(&id, req.max, now_ms())
+        })
+        .await?;
+        if !lease.subtasks.is_empty() || tokio::time::Instant::now() >= deadline {
+            state.metrics.subtasks_leased.add(lease.subtasks.len() as u64);
+            return Ok(json(StatusCode::OK, &lease));
+        }
+        tokio::select! {
+            _ = notified => {}
+            _ = tokio::time::sleep_until(deadline) => {}
+        }
+    }
+}
+
+async fn complete(State(state): State<AppState>, Path(id): Path<String>, body: Body) -> ApiResult<Response> {
+    validate_id(&id, "invalid_worker_id")?;
+    let req: CompleteBatch = json_body(&state, body).await?;
+    let (ok, failed, fuel) =
+        req.completions.iter().fold((0u64, 0u64, 0u64), |(ok, failed, fuel), c| match c.outcome {
+            hivemind_proto::api::Outcome::Output(_) => (ok + 1, failed, fuel + c.usage.fuel_consumed),
+            hivemind_proto::api::Outcome::Error { .. } => (ok, failed + 1, fuel + c.usage.fuel_consumed),
+        });
+    let retry = RetryPolicy {
+        base_backoff_ms: state.config.retry_backoff.as_millis() as u64,
+        ..RetryPolicy::default()
+    };
+    let done = blocking(&state, move |c| c.store.complete(&id, req.completions, retry, now_ms())).await?;
+    state.metrics.subtasks_succeeded.add(ok);
+    state.metrics.subtasks_failed.add(failed);
+    state.metrics.fuel_consumed.add(fuel);
+    state.metrics.completions_refused.add(done.reply.refused.len() as u64);
+    if done.new_work {
+        state.work_available();
+    }
+    state.tasks_finished(done.finished_tasks.len());
+    Ok(json(StatusCode::OK, &done.reply))
+}

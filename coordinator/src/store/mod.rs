@@ -1,0 +1,140 @@
+//! The storage layer (SPEC §6): traits for the module, task, result and metadata stores, and their
+//! backends. Callers hold an `Arc<dyn Store>` and never see which backend it is.
+//!
+//! The traits are synchronous: backends run blocking I/O (SQLite, a PostgreSQL client) and the HTTP layer
+//! calls them on tokio's blocking pool. Every method that changes state commits before it returns, so an
+//! acknowledged change survives a crash of the coordinator.
+
+pub mod sqlite;
+
+use hivemind_proto::Limits;
+use hivemind_proto::api::{
+    CompleteReply, Completion, HeartbeatReply, Lease, ModuleInfo, RegisterWorker, TaskResult, TaskState,
+    TaskStatus, WorkerInfo,
+};
+use std::collections::BTreeMap;
+
+/// Errors of a store operation that callers act on; everything else is `Backend`.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    /// The worker is unknown or was declared dead: it must register again.
+    #[error("worker `{0}` is not registered (or was declared dead): register again")]
+    UnknownWorker(String),
+    #[error("storage backend error: {0}")]
+    Backend(String),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// A validated task, ready to be stored with its subtasks.
+#[derive(Debug, Clone)]
+pub struct NewTask {
+    pub id: String,
+    pub module_id: String,
+    pub priority: i32,
+    pub limits: Limits,
+    pub max_attempts: u32,
+    pub retry_on_error: bool,
+    pub split: bool,
+    pub reduce: bool,
+    pub labels: BTreeMap<String, String>,
+    pub idempotency_key: Option<String>,
+    pub deadline_at_ms: Option<u64>,
+    pub inputs: Vec<Vec<u8>>,
+}
+
+/// Filters of `GET /v1/tasks`.
+#[derive(Debug, Clone, Default)]
+pub struct TaskFilter {
+    pub state: Option<TaskState>,
+    pub module_id: Option<String>,
+    pub limit: u32,
+}
+
+/// What a batch of completions changed.
+#[derive(Debug, Clone, Default)]
+pub struct Completed {
+    pub reply: CompleteReply,
+    /// Tasks that reached a final state with this batch.
+    pub finished_tasks: Vec<String>,
+    /// Whether new subtasks became runnable (split output, reduce step, retries).
+    pub new_work: bool,
+}
+
+/// Retry policy knobs the store applies when a completion reports a retryable failure.
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
+    /// Backoff before the second attempt; doubled for each later one.
+    pub base_backoff_ms: u64,
+    pub max_backoff_ms: u64,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy { base_backoff_ms: 100, max_backoff_ms: 30_000 }
+    }
+}
+
+/// Content-addressed module bytes.
+pub trait ModuleStore: Send + Sync {
+    /// Stores a module; returns false when the id was already present (a no-op).
+    fn put_module(&self, id: &str, kind: &str, bytes: &[u8], now_ms: u64) -> StoreResult<bool>;
+    fn module_info(&self, id: &str) -> StoreResult<Option<ModuleInfo>>;
+    fn module_bytes(&self, id: &str) -> StoreResult<Option<Vec<u8>>>;
+}
+
+/// Tasks, their subtasks and the scheduler's queue.
+pub trait TaskStore: Send + Sync {
+    /// Stores a task and its first subtasks; with an idempotency key already used, returns that task and
+    /// `false`.
+    fn submit(&self, task: NewTask, now_ms: u64) -> StoreResult<(TaskStatus, bool)>;
+    fn task_status(&self, id: &str) -> StoreResult<Option<TaskStatus>>;
+    fn list_tasks(&self, filter: &TaskFilter) -> StoreResult<Vec<TaskStatus>>;
+    /// Cancels a task: queued subtasks are removed, running ones are flagged for their workers.
+    fn cancel(&self, id: &str, now_ms: u64) -> StoreResult<Option<TaskStatus>>;
+    /// Leases up to `max` queued subtasks to a live worker: highest priority first, FIFO within one.
+    fn lease(&self, worker_id: &str, max: u32, now_ms: u64) -> StoreResult<Lease>;
+    /// Records a batch of completions, refusing those whose lease is no longer current (fencing).
+    fn complete(
+        &self,
+        worker_id: &str,
+        completions: Vec<Completion>,
+        retry: RetryPolicy,
+        now_ms: u64,
+    ) -> StoreResult<Completed>;
+    /// Fails tasks whose deadline passed; returns their ids.
+    fn expire_deadlines(&self, now_ms: u64) -> StoreResult<Vec<String>>;
+}
+
+/// Results of finished tasks.
+pub trait ResultStore: Send + Sync {
+    fn task_result(&self, id: &str) -> StoreResult<Option<TaskResult>>;
+}
+
+/// Workers: registration, liveness, failure detection.
+pub trait MetadataStore: Send + Sync {
+    fn register_worker(&self, id: &str, worker: &RegisterWorker, now_ms: u64) -> StoreResult<()>;
+    /// Records a heartbeat (one write, which renews every lease the worker holds) and returns the subtasks
+    /// it must cancel. Fails with `UnknownWorker` when the worker was declared dead.
+    fn heartbeat(&self, id: &str, running: u32, now_ms: u64) -> StoreResult<HeartbeatReply>;
+    /// A worker leaving cleanly: its leased subtasks go back to the queue.
+    fn deregister_worker(&self, id: &str, now_ms: u64) -> StoreResult<u64>;
+    fn list_workers(&self) -> StoreResult<Vec<WorkerInfo>>;
+    /// Declares dead every live worker silent since `silent_since_ms` and requeues its subtasks
+    /// (or fails them after `max_attempts`). Returns (worker, subtasks requeued) pairs.
+    fn expire_workers(&self, silent_since_ms: u64, now_ms: u64) -> StoreResult<Vec<(String, u64)>>;
+    /// After a coordinator restart: treat every live worker as just heard from, so leases in flight are
+    /// honoured while workers reconnect instead of being requeued at once.
+    fn grace_workers(&self, now_ms: u64) -> StoreResult<()>;
+    /// Queued subtasks right now (for metrics and autoscaling).
+    fn queue_depth(&self) -> StoreResult<Vec<(i32, u64)>>;
+}
+
+/// Every store a coordinator needs, from one backend.
+pub trait Store: ModuleStore + TaskStore + ResultStore + MetadataStore {}
+
+impl<T: ModuleStore + TaskStore + ResultStore + MetadataStore> Store for T {}

@@ -1,0 +1,840 @@
+//! The embedded SQLite backend: one file in the data directory, WAL journal, migrations on open.
+//!
+//! One writer connection serialises every change (SQLite has one writer anyway) and commits each batch in
+//! one transaction; a few reader connections serve status and list queries concurrently. With
+//! `synchronous=NORMAL` in WAL mode a commit is in the operating system before it is acknowledged, so a
+//! killed coordinator (kill -9) loses nothing; `Durability::Full` also survives power loss at the cost of
+//! an fsync per commit.
+
+use super::*;
+use hivemind_proto::api::{Blob, LeasedSubtask, LeasedTask, Outcome, SubtaskCounts};
+use hivemind_proto::{ErrorKind, Phase, Usage, frame};
+use parking_lot::Mutex;
+use rusqlite::{Connection, OpenFlags, OptionalExtension, Transaction, params};
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+const MIGRATIONS: [&str; 1] = [include_str!("../../migrations/sqlite/0001_initial.sql")];
+
+/// How hard a commit tries to reach the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// Survives a crash of the process (kill -9); the default.
+    #[default]
+    Process,
+    /// Also survives power loss: fsync on every commit.
+    Full,
+}
+
+pub struct SqliteStore {
+    writer: Mutex<Connection>,
+    readers: Vec<Mutex<Connection>>,
+    next_reader: AtomicUsize,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore").finish_non_exhaustive()
+    }
+}
+
+fn backend(err: rusqlite::Error) -> StoreError {
+    StoreError::Backend(err.to_string())
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(err: rusqlite::Error) -> Self {
+        backend(err)
+    }
+}
+
+const TASK_COLUMNS: &str = "id, module_id, state, priority, split, reduce, phase, n_queued, n_leased, \
+     n_succeeded, n_failed, n_cancelled, fuel, wall_us, peak_memory, error, created_at, finished_at";
+
+fn task_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<TaskStatus> {
+    let state: String = row.get(2)?;
+    Ok(TaskStatus {
+        task_id: row.get(0)?,
+        module_id: row.get(1)?,
+        state: TaskState::parse(&state).unwrap_or(TaskState::Failed),
+        priority: row.get(3)?,
+        split: row.get(4)?,
+        reduce: row.get(5)?,
+        phase: row.get(6)?,
+        subtasks: SubtaskCounts {
+            queued: row.get::<_, i64>(7)? as u64,
+            leased: row.get::<_, i64>(8)? as u64,
+            succeeded: row.get::<_, i64>(9)? as u64,
+            failed: row.get::<_, i64>(10)? as u64,
+            cancelled: row.get::<_, i64>(11)? as u64,
+        },
+        usage: Usage {
+            fuel_consumed: row.get::<_, i64>(12)? as u64,
+            wall_time_us: row.get::<_, i64>(13)? as u64,
+            peak_memory_bytes: row.get::<_, i64>(14)? as u64,
+        },
+        error: row.get(15)?,
+        created_at_ms: row.get::<_, i64>(16)? as u64,
+        finished_at_ms: row.get::<_, Option<i64>>(17)?.map(|v| v as u64),
+    })
+}
+
+fn open_connection(path: &Path, flags: OpenFlags) -> Result<Connection, StoreError> {
+    let conn = Connection::open_with_flags(path, flags).map_err(backend)?;
+    conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(backend)?;
+    Ok(conn)
+}
+
+/// Changes to one task's counters collected over a batch, applied with one UPDATE.
+#[derive(Debug, Default)]
+struct Delta {
+    queued: i64,
+    leased: i64,
+    succeeded: i64,
+    failed: i64,
+    cancelled: i64,
+    map_succeeded: i64,
+    usage: Usage,
+}
+
+impl Delta {
+    fn apply(&self, tx: &Transaction<'_>, task_id: &str) -> rusqlite::Result<()> {
+        tx.prepare_cached(
+            "UPDATE tasks SET n_queued = n_queued + ?2, n_leased = n_leased + ?3, n_succeeded = n_succeeded + ?4,
+                n_failed = n_failed + ?5, n_cancelled = n_cancelled + ?6, map_succeeded = map_succeeded + ?7,
+                fuel = fuel + ?8, wall_us = wall_us + ?9, peak_memory = MAX(peak_memory, ?10)
+             WHERE id = ?1",
+        )?
+        .execute(params![
+            task_id,
+            self.queued,
+            self.leased,
+            self.succeeded,
+            self.failed,
+            self.cancelled,
+            self.map_succeeded,
+            self.usage.fuel_consumed as i64,
+            self.usage.wall_time_us as i64,
+            self.usage.peak_memory_bytes as i64,
+        ])?;
+        Ok(())
+    }
+}
+
+fn insert_subtask(
+    tx: &Transaction<'_>,
+    task_id: &str,
+    phase: Phase,
+    idx: u64,
+    priority: i32,
+    input: &[u8],
+) -> rusqlite::Result<()> {
+    tx.prepare_cached(
+        "INSERT INTO subtasks (task_id, phase, idx, state, priority, input) VALUES (?1, ?2, ?3, 'queued', ?4, ?5)",
+    )?
+    .execute(params![task_id, phase.as_str(), idx as i64, priority, input])?;
+    Ok(())
+}
+
+/// Marks a task failed (or cancelled) and stops its remaining subtasks; returns false if it had already
+/// finished.
+fn finish_unsuccessfully(
+    tx: &Transaction<'_>,
+    task_id: &str,
+    state: TaskState,
+    error: Option<&str>,
+    now_ms: u64,
+) -> rusqlite::Result<bool> {
+    let changed = tx
+        .prepare_cached(
+            "UPDATE tasks SET state = ?2, phase = 'done', error = ?3, finished_at = ?4
+             WHERE id = ?1 AND state IN ('queued', 'running')",
+        )?
+        .execute(params![task_id, state.as_str(), error, now_ms as i64])?;
+    if changed == 0 {
+        return Ok(false);
+    }
+    let queued = tx
+        .prepare_cached("UPDATE subtasks SET state = 'cancelled' WHERE task_id = ?1 AND state = 'queued'")?
+        .execute(params![task_id])? as i64;
+    let leased = tx
+        .prepare_cached(
+            "UPDATE subtasks SET state = 'cancelled', cancel_sent = 0 WHERE task_id = ?1 AND state = 'leased'",
+        )?
+        .execute(params![task_id])? as i64;
+    Delta { queued: -queued, leased: -leased, cancelled: queued + leased, ..Delta::default() }
+        .apply(tx, task_id)?;
+    Ok(true)
+}
+
+fn phase_of(text: &str) -> Phase {
+    text.parse().unwrap_or(Phase::Map)
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path` and runs pending migrations.
+    pub fn open(path: &Path, durability: Durability) -> Result<Self, StoreError> {
+        let mut writer =
+            open_connection(path, OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE)?;
+        let sync = match durability {
+            Durability::Process => "NORMAL",
+            Durability::Full => "FULL",
+        };
+        writer
+            .execute_batch(&format!(
+                "PRAGMA journal_mode = WAL; PRAGMA synchronous = {sync}; PRAGMA foreign_keys = ON;
+                 PRAGMA cache_size = -65536; PRAGMA temp_store = MEMORY;"
+            ))
+            .map_err(backend)?;
+        let version: i64 = writer.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(backend)?;
+        for (i, migration) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+            let tx = writer.transaction().map_err(backend)?;
+            tx.execute_batch(migration).map_err(backend)?;
+            tx.execute_batch(&format!("PRAGMA user_version = {}", i + 1)).map_err(backend)?;
+            tx.commit().map_err(backend)?;
+            tracing::info!(version = i + 1, "applied SQLite migration");
+        }
+        let readers = (0..3)
+            .map(|_| {
+                open_connection(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
+                    .map(Mutex::new)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(SqliteStore { writer: Mutex::new(writer), readers, next_reader: AtomicUsize::new(0) })
+    }
+
+    fn read<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> StoreResult<T> {
+        let start = self.next_reader.fetch_add(1, Ordering::Relaxed);
+        for i in 0..self.readers.len() {
+            if let Some(conn) = self.readers[(start + i) % self.readers.len()].try_lock() {
+                return f(&conn).map_err(backend);
+            }
+        }
+        let conn = self.readers[start % self.readers.len()].lock();
+        f(&conn).map_err(backend)
+    }
+
+    fn write<T>(&self, f: impl FnOnce(&Transaction<'_>) -> StoreResult<T>) -> StoreResult<T> {
+        let mut conn = self.writer.lock();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(backend)?;
+        let value = f(&tx)?;
+        tx.commit().map_err(backend)?;
+        Ok(value)
+    }
+
+    fn status_in(conn: &Connection, id: &str) -> rusqlite::Result<Option<TaskStatus>> {
+        conn.prepare_cached(&format!("SELECT {TASK_COLUMNS} FROM tasks WHERE id = ?1"))?
+            .query_row(params![id], task_from_row)
+            .optional()
+    }
+
+    /// Requeues (or fails, once out of attempts) every subtask leased to `worker_id`.
+    /// `consume_attempt` is false for a clean hand-back, which does not count as an attempt.
+    fn requeue_worker(
+        tx: &Transaction<'_>,
+        worker_id: &str,
+        consume_attempt: bool,
+        now_ms: u64,
+    ) -> StoreResult<(u64, Vec<String>)> {
+        let rows: Vec<(i64, String, String, i64, i64, u32)> = tx
+            .prepare_cached(
+                "SELECT s.id, s.task_id, s.phase, s.idx, s.attempt, t.max_attempts FROM subtasks s
+                 JOIN tasks t ON t.id = s.task_id WHERE s.worker_id = ?1 AND s.state = 'leased'",
+            )?
+            .query_map(params![worker_id], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
+            })?
+            .collect::<Result<_, _>>()?;
+        let mut deltas: HashMap<String, Delta> = HashMap::new();
+        let mut failures = Vec::new();
+        let mut requeued = 0;
+        for (id, task_id, phase, idx, attempt, max_attempts) in rows {
+            if !consume_attempt {
+                tx.prepare_cached(
+                    "UPDATE subtasks SET state = 'queued', worker_id = NULL, attempt = attempt - 1 WHERE id = ?1",
+                )?
+                .execute(params![id])?;
+                requeued += 1;
+                let d = deltas.entry(task_id).or_default();
+                d.leased -= 1;
+                d.queued += 1;
+                continue;
+            }
+            let message = format!("worker `{worker_id}` was lost (declared dead)");
+            tx.prepare_cached(
+                "INSERT OR REPLACE INTO attempts (subtask_id, attempt, worker_id, error_kind, error, finished_at)
+                 VALUES (?1, ?2, ?3, 'worker_lost', ?4, ?5)",
+            )?
+            .execute(params![id, attempt, worker_id, message, now_ms as i64])?;
+            let d = deltas.entry(task_id.clone()).or_default();
+            d.leased -= 1;
+            if (attempt as u32) < max_attempts {
+                tx.prepare_cached("UPDATE subtasks SET state = 'queued', worker_id = NULL WHERE id = ?1")?
+                    .execute(params![id])?;
+                d.queued += 1;
+                requeued += 1;
+            } else {
+                tx.prepare_cached(
+                    "UPDATE subtasks SET state = 'failed', error_kind = 'worker_lost', error = ?2, finished_at = ?3
+                     WHERE id = ?1",
+                )?
+                .execute(params![id, message, now_ms as i64])?;
+                d.failed += 1;
+                failures.push((task_id, format!("{phase} subtask {idx}"), id));
+            }
+        }
+        for (task_id, delta) in &deltas {
+            delta.apply(tx, task_id)?;
+        }
+        let mut finished = Vec::new();
+        for (task_id, subtask, subtask_id) in failures {
+            let error = format!("{subtask} failed: {}", attempt_history(tx, subtask_id)?);
+            if finish_unsuccessfully(tx, &task_id, TaskState::Failed, Some(&error), now_ms)? {
+                finished.push(task_id);
+            }
+        }
+        Ok((requeued, finished))
+    }
+}
+
+/// "attempt 1 on worker `w1`: worker_lost: …; attempt 2 on worker `w2`: …" for one subtask.
+fn attempt_history(tx: &Transaction<'_>, subtask_id: i64) -> rusqlite::Result<String> {
+    let rows: Vec<(i64, Option<String>, String, String)> = tx
+        .prepare_cached(
+            "SELECT attempt, worker_id, error_kind, error FROM attempts WHERE subtask_id = ?1 ORDER BY attempt",
+        )?
+        .query_map(params![subtask_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+        .collect::<Result<_, _>>()?;
+    Ok(rows
+        .into_iter()
+        .map(|(attempt, worker, kind, error)| {
+            format!("attempt {attempt} on worker `{}`: {kind}: {error}", worker.unwrap_or_default())
+        })
+        .collect::<Vec<_>>()
+        .join("; "))
+}
+
+impl ModuleStore for SqliteStore {
+    fn put_module(&self, id: &str, kind: &str, bytes: &[u8], now_ms: u64) -> StoreResult<bool> {
+        self.write(|tx| {
+            let n = tx.execute(
+                "INSERT OR IGNORE INTO modules (id, kind, size, bytes, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![id, kind, bytes.len() as i64, bytes, now_ms as i64],
+            )?;
+            Ok(n == 1)
+        })
+    }
+
+    fn module_info(&self, id: &str) -> StoreResult<Option<ModuleInfo>> {
+        self.read(|conn| {
+            conn.prepare_cached("SELECT id, size, kind FROM modules WHERE id = ?1")?
+                .query_row(params![id], |r| {
+                    Ok(ModuleInfo {
+                        module_id: r.get(0)?,
+                        size: r.get::<_, i64>(1)? as u64,
+                        kind: r.get(2)?,
+                        created: false,
+                    })
+                })
+                .optional()
+        })
+    }
+
+    fn module_bytes(&self, id: &str) -> StoreResult<Option<Vec<u8>>> {
+        self.read(|conn| {
+            conn.prepare_cached("SELECT bytes FROM modules WHERE id = ?1")?
+                .query_row(params![id], |r| r.get(0))
+                .optional()
+        })
+    }
+}
+
+impl TaskStore for SqliteStore {
+    fn submit(&self, task: NewTask, now_ms: u64) -> StoreResult<(TaskStatus, bool)> {
+        self.write(|tx| {
+            if let Some(key) = &task.idempotency_key {
+                let existing: Option<String> = tx
+                    .prepare_cached("SELECT id FROM tasks WHERE idempotency_key = ?1")?
+                    .query_row(params![key], |r| r.get(0))
+                    .optional()?;
+                if let Some(id) = existing {
+                    let status = Self::status_in(tx, &id)?.ok_or_else(|| StoreError::Backend("task vanished".into()))?;
+                    return Ok((status, false));
+                }
+            }
+            let module: Option<i64> =
+                tx.prepare_cached("SELECT 1 FROM modules WHERE id = ?1")?.query_row(params![task.module_id], |r| r.get(0)).optional()?;
+            if module.is_none() {
+                return Err(StoreError::NotFound(format!(
+                    "module `{}` is not uploaded: upload it with `hivemind module upload` first",
+                    task.module_id
+                )));
+            }
+            let seq: i64 = tx.query_row("SELECT COALESCE(MAX(seq), 0) + 1 FROM tasks", [], |r| r.get(0))?;
+            let (phase, map_total, queued) =
+                if task.split { ("split", 0, 1) } else { ("map", task.inputs.len() as i64, task.inputs.len() as i64) };
+            let limits = serde_json::to_string(&task.limits).map_err(|e| StoreError::Backend(e.to_string()))?;
+            let labels = serde_json::to_string(&task.labels).map_err(|e| StoreError::Backend(e.to_string()))?;
+            tx.prepare_cached(
+                "INSERT INTO tasks (id, seq, module_id, state, phase, priority, limits, max_attempts, retry_on_error,
+                    split, reduce, labels, idempotency_key, deadline_at, map_total, n_queued, created_at)
+                 VALUES (?1, ?2, ?3, 'queued', ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+            )?
+            .execute(params![
+                task.id,
+                seq,
+                task.module_id,
+                phase,
+                task.priority,
+                limits,
+                task.max_attempts,
+                task.retry_on_error,
+                task.split,
+                task.reduce,
+                labels,
+                task.idempotency_key,
+                task.deadline_at_ms.map(|d| d as i64),
+                map_total,
+                queued,
+                now_ms as i64,
+            ])?;
+            if task.split {
+                let input = task.inputs.first().map(Vec::as_slice).unwrap_or_default();
+                insert_subtask(tx, &task.id, Phase::Split, 0, task.priority, input)?;
+            } else {
+                for (i, input) in task.inputs.iter().enumerate() {
+                    insert_subtask(tx, &task.id, Phase::Map, i as u64, task.priority, input)?;
+                }
+            }
+            let status = Self::status_in(tx, &task.id)?.ok_or_else(|| StoreError::Backend("task vanished".into()))?;
+            Ok((status, true))
+        })
+    }
+
+    fn task_status(&self, id: &str) -> StoreResult<Option<TaskStatus>> {
+        self.read(|conn| Self::status_in(conn, id))
+    }
+
+    fn list_tasks(&self, filter: &TaskFilter) -> StoreResult<Vec<TaskStatus>> {
+        self.read(|conn| {
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {TASK_COLUMNS} FROM tasks WHERE (?1 IS NULL OR state = ?1) AND (?2 IS NULL OR module_id = ?2)
+                 ORDER BY seq DESC LIMIT ?3"
+            ))?;
+            stmt.query_map(
+                params![filter.state.map(TaskState::as_str), filter.module_id, filter.limit.max(1)],
+                task_from_row,
+            )?
+            .collect()
+        })
+    }
+
+    fn cancel(&self, id: &str, now_ms: u64) -> StoreResult<Option<TaskStatus>> {
+        self.write(|tx| {
+            if Self::status_in(tx, id)?.is_none() {
+                return Ok(None);
+            }
+            finish_unsuccessfully(tx, id, TaskState::Cancelled, None, now_ms)?;
+            Ok(Self::status_in(tx, id)?)
+        })
+    }
+
+    fn lease(&self, worker_id: &str, max: u32, now_ms: u64) -> StoreResult<Lease> {
+        self.write(|tx| {
+            let alive: Option<String> = tx
+                .prepare_cached("SELECT state FROM workers WHERE id = ?1")?
+                .query_row(params![worker_id], |r| r.get(0))
+                .optional()?;
+            if alive.as_deref() != Some("alive") {
+                return Err(StoreError::UnknownWorker(worker_id.to_owned()));
+            }
+            let mut rows: Vec<(i64, String, String, i64, u32, Vec<u8>, i32)> = tx
+                .prepare_cached(
+                    "UPDATE subtasks SET state = 'leased', worker_id = ?1, attempt = attempt + 1
+                     WHERE id IN (SELECT id FROM subtasks WHERE state = 'queued'
+                                  AND (not_before IS NULL OR not_before <= ?2)
+                                  ORDER BY priority DESC, id LIMIT ?3)
+                     RETURNING id, task_id, phase, idx, attempt, input, priority",
+                )?
+                .query_map(params![worker_id, now_ms as i64, max], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?))
+                })?
+                .collect::<Result<_, _>>()?;
+            rows.sort_by(|a, b| b.6.cmp(&a.6).then(a.0.cmp(&b.0)));
+            let mut lease = Lease::default();
+            let mut deltas: HashMap<String, i64> = HashMap::new();
+            for (id, task_id, phase, idx, attempt, input, _) in rows {
+                *deltas.entry(task_id.clone()).or_default() += 1;
+                lease.subtasks.push(LeasedSubtask {
+                    subtask_id: id,
+                    task_id,
+                    index: idx as u64,
+                    phase: phase_of(&phase),
+                    attempt,
+                    input: Blob(input),
+                });
+            }
+            for (task_id, n) in deltas {
+                Delta { queued: -n, leased: n, ..Delta::default() }.apply(tx, &task_id)?;
+                let (module_id, limits): (String, String) = tx
+                    .prepare_cached("UPDATE tasks SET state = 'running' WHERE id = ?1 AND state = 'queued'")?
+                    .execute(params![task_id])
+                    .and_then(|_| {
+                        tx.prepare_cached("SELECT module_id, limits FROM tasks WHERE id = ?1")?
+                            .query_row(params![task_id], |r| Ok((r.get(0)?, r.get(1)?)))
+                    })?;
+                let limits = serde_json::from_str(&limits).map_err(|e| StoreError::Backend(e.to_string()))?;
+                lease.tasks.insert(task_id, LeasedTask { module_id, limits });
+            }
+            Ok(lease)
+        })
+    }
+
+    fn complete(
+        &self,
+        worker_id: &str,
+        completions: Vec<Completion>,
+        retry: RetryPolicy,
+        now_ms: u64,
+    ) -> StoreResult<Completed> {
+        self.write(|tx| {
+            let mut done = Completed::default();
+            let mut deltas: HashMap<String, Delta> = HashMap::new();
+            let mut order: Vec<String> = Vec::new();
+            let mut failures: Vec<(String, String)> = Vec::new();
+            let mut split_outputs: Vec<(String, Vec<u8>)> = Vec::new();
+            let mut reduce_outputs: Vec<(String, Vec<u8>)> = Vec::new();
+            let mut worker = (0i64, 0i64, Usage::default());
+            for c in completions {
+                let current: Option<(String, String, i64, u32, bool)> = tx
+                    .prepare_cached(
+                        "SELECT s.task_id, s.phase, s.idx, t.max_attempts, t.retry_on_error FROM subtasks s
+                         JOIN tasks t ON t.id = s.task_id
+                         WHERE s.id = ?1 AND s.state = 'leased' AND s.worker_id = ?2 AND s.attempt = ?3",
+                    )?
+                    .query_row(params![c.subtask_id, worker_id, c.attempt], |r| {
+                        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+                    })
+                    .optional()?;
+                let Some((task_id, phase, idx, max_attempts, retry_on_error)) = current else {
+                    done.reply.refused.push(c.subtask_id);
+                    continue;
+                };
+                done.reply.accepted += 1;
+                if !deltas.contains_key(&task_id) {
+                    order.push(task_id.clone());
+                }
+                let d = deltas.entry(task_id.clone()).or_default();
+                d.leased -= 1;
+                d.usage.accumulate(&c.usage);
+                worker.2.accumulate(&c.usage);
+                match c.outcome {
+                    Outcome::Output(Blob(output)) => {
+                        tx.prepare_cached(
+                            "UPDATE subtasks SET state = 'succeeded', output = ?2, log = ?3, fuel = ?4, peak_memory = ?5,
+                                wall_us = ?6, finished_at = ?7 WHERE id = ?1",
+                        )?
+                        .execute(params![
+                            c.subtask_id,
+                            output,
+                            c.log.0,
+                            c.usage.fuel_consumed as i64,
+                            c.usage.peak_memory_bytes as i64,
+                            c.usage.wall_time_us as i64,
+                            now_ms as i64
+                        ])?;
+                        d.succeeded += 1;
+                        worker.0 += 1;
+                        match phase_of(&phase) {
+                            Phase::Map => d.map_succeeded += 1,
+                            Phase::Split => split_outputs.push((task_id, output)),
+                            Phase::Reduce => reduce_outputs.push((task_id, output)),
+                        }
+                    }
+                    Outcome::Error { kind, message } => {
+                        worker.1 += 1;
+                        tx.prepare_cached(
+                            "INSERT OR REPLACE INTO attempts (subtask_id, attempt, worker_id, error_kind, error, finished_at)
+                             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                        )?
+                        .execute(params![c.subtask_id, c.attempt, worker_id, kind.as_str(), message, now_ms as i64])?;
+                        let host_trouble = matches!(kind, ErrorKind::Internal | ErrorKind::WorkerLost);
+                        let guest_retry = retry_on_error && !matches!(kind, ErrorKind::Cancelled | ErrorKind::InvalidModule);
+                        if (host_trouble || guest_retry) && c.attempt < max_attempts {
+                            let backoff = retry
+                                .base_backoff_ms
+                                .saturating_mul(1 << (c.attempt.saturating_sub(1)).min(20))
+                                .min(retry.max_backoff_ms);
+                            tx.prepare_cached(
+                                "UPDATE subtasks SET state = 'queued', worker_id = NULL, not_before = ?2 WHERE id = ?1",
+                            )?
+                            .execute(params![c.subtask_id, (now_ms + backoff) as i64])?;
+                            d.queued += 1;
+                            done.new_work = true;
+                        } else {
+                            tx.prepare_cached(
+                                "UPDATE subtasks SET state = 'failed', error_kind = ?2, error = ?3, log = ?4, fuel = ?5,
+                                    peak_memory = ?6, wall_us = ?7, finished_at = ?8 WHERE id = ?1",
+                            )?
+                            .execute(params![
+                                c.subtask_id,
+                                kind.as_str(),
+                                message,
+                                c.log.0,
+                                c.usage.fuel_consumed as i64,
+                                c.usage.peak_memory_bytes as i64,
+                                c.usage.wall_time_us as i64,
+                                now_ms as i64
+                            ])?;
+                            d.failed += 1;
+                            let subtask = format!("{phase} subtask {idx}");
+                            let history = attempt_history(tx, c.subtask_id)?;
+                            failures.push((task_id, format!("{subtask} failed: {history}")));
+                        }
+                    }
+                }
+            }
+            for task_id in &order {
+                deltas[task_id].apply(tx, task_id)?;
+            }
+            let (completed, failed, usage) = worker;
+            tx.prepare_cached(
+                "UPDATE workers SET completed = completed + ?2, failed = failed + ?3, fuel = fuel + ?4,
+                    wall_us = wall_us + ?5, peak_memory = MAX(peak_memory, ?6) WHERE id = ?1",
+            )?
+            .execute(params![
+                worker_id,
+                completed,
+                failed,
+                usage.fuel_consumed as i64,
+                usage.wall_time_us as i64,
+                usage.peak_memory_bytes as i64
+            ])?;
+
+            for (task_id, error) in failures {
+                if finish_unsuccessfully(tx, &task_id, TaskState::Failed, Some(&error), now_ms)? {
+                    done.finished_tasks.push(task_id);
+                }
+            }
+            for (task_id, output) in split_outputs {
+                match frame::decode_frames(&output) {
+                    Ok(inputs) => {
+                        let priority: i32 =
+                            tx.query_row("SELECT priority FROM tasks WHERE id = ?1", params![task_id], |r| r.get(0))?;
+                        for (i, input) in inputs.iter().enumerate() {
+                            insert_subtask(tx, &task_id, Phase::Map, i as u64, priority, input)?;
+                        }
+                        tx.execute(
+                            "UPDATE tasks SET phase = 'map', map_total = ?2, n_queued = n_queued + ?2 WHERE id = ?1",
+                            params![task_id, inputs.len() as i64],
+                        )?;
+                        done.new_work = true;
+                    }
+                    Err(e) => {
+                        let error = format!("split subtask 0 wrote invalid frames: {e}");
+                        if finish_unsuccessfully(tx, &task_id, TaskState::Failed, Some(&error), now_ms)? {
+                            done.finished_tasks.push(task_id);
+                        }
+                    }
+                }
+            }
+            for (task_id, output) in reduce_outputs {
+                tx.execute(
+                    "UPDATE tasks SET state = 'succeeded', phase = 'done', result = ?2, finished_at = ?3
+                     WHERE id = ?1 AND state = 'running'",
+                    params![task_id, output, now_ms as i64],
+                )?;
+                done.finished_tasks.push(task_id);
+            }
+            // Tasks whose map step just finished: start reduce, or succeed.
+            for task_id in &order {
+                let row: Option<(bool, String)> = tx
+                    .prepare_cached(
+                        "SELECT reduce, phase FROM tasks WHERE id = ?1 AND state = 'running' AND phase = 'map'
+                         AND map_succeeded = map_total",
+                    )?
+                    .query_row(params![task_id], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .optional()?;
+                let Some((reduce, _)) = row else { continue };
+                if reduce {
+                    let outputs: Vec<Vec<u8>> = tx
+                        .prepare_cached("SELECT output FROM subtasks WHERE task_id = ?1 AND phase = 'map' ORDER BY idx")?
+                        .query_map(params![task_id], |r| r.get(0))?
+                        .collect::<Result<_, _>>()?;
+                    let priority: i32 =
+                        tx.query_row("SELECT priority FROM tasks WHERE id = ?1", params![task_id], |r| r.get(0))?;
+                    insert_subtask(tx, task_id, Phase::Reduce, 0, priority, &frame::encode_frames(&outputs))?;
+                    tx.execute(
+                        "UPDATE tasks SET phase = 'reduce', n_queued = n_queued + 1 WHERE id = ?1",
+                        params![task_id],
+                    )?;
+                    done.new_work = true;
+                } else {
+                    tx.execute(
+                        "UPDATE tasks SET state = 'succeeded', phase = 'done', finished_at = ?2 WHERE id = ?1",
+                        params![task_id, now_ms as i64],
+                    )?;
+                    done.finished_tasks.push(task_id.clone());
+                }
+            }
+            Ok(done)
+        })
+    }
+
+    fn expire_deadlines(&self, now_ms: u64) -> StoreResult<Vec<String>> {
+        self.write(|tx| {
+            let due: Vec<(String, i64)> = tx
+                .prepare_cached(
+                    "SELECT id, deadline_at FROM tasks WHERE state IN ('queued', 'running') AND deadline_at <= ?1",
+                )?
+                .query_map(params![now_ms as i64], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<Result<_, _>>()?;
+            let mut finished = Vec::new();
+            for (id, _) in due {
+                let error = "deadline_exceeded: the task did not finish before its deadline";
+                if finish_unsuccessfully(tx, &id, TaskState::Failed, Some(error), now_ms)? {
+                    finished.push(id);
+                }
+            }
+            Ok(finished)
+        })
+    }
+}
+
+impl ResultStore for SqliteStore {
+    fn task_result(&self, id: &str) -> StoreResult<Option<TaskResult>> {
+        self.read(|conn| {
+            let row: Option<(String, bool, Option<Vec<u8>>)> = conn
+                .prepare_cached("SELECT state, reduce, result FROM tasks WHERE id = ?1")?
+                .query_row(params![id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                .optional()?;
+            let Some((state, reduce, result)) = row else { return Ok(None) };
+            let state = TaskState::parse(&state).unwrap_or(TaskState::Failed);
+            let outputs = if reduce {
+                None
+            } else {
+                let outputs: Vec<Option<Vec<u8>>> = conn
+                    .prepare_cached(
+                        "SELECT CASE WHEN state = 'succeeded' THEN output END FROM subtasks
+                         WHERE task_id = ?1 AND phase = 'map' ORDER BY idx",
+                    )?
+                    .query_map(params![id], |r| r.get(0))?
+                    .collect::<Result<_, _>>()?;
+                Some(outputs.into_iter().map(|o| o.map(Blob)).collect())
+            };
+            Ok(Some(TaskResult { task_id: id.to_owned(), state, result: result.map(Blob), outputs }))
+        })
+    }
+}
+
+impl MetadataStore for SqliteStore {
+    fn register_worker(&self, id: &str, worker: &RegisterWorker, now_ms: u64) -> StoreResult<()> {
+        let labels = serde_json::to_string(&worker.labels).map_err(|e| StoreError::Backend(e.to_string()))?;
+        self.write(|tx| {
+            tx.execute(
+                "INSERT INTO workers (id, name, state, slots, memory, cores, labels, registered_at, last_heartbeat)
+                 VALUES (?1, ?2, 'alive', ?3, ?4, ?5, ?6, ?7, ?7)",
+                params![id, worker.name, worker.slots, worker.memory_bytes as i64, worker.cores, labels, now_ms as i64],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn heartbeat(&self, id: &str, running: u32, now_ms: u64) -> StoreResult<HeartbeatReply> {
+        self.write(|tx| {
+            let n = tx
+                .prepare_cached("UPDATE workers SET last_heartbeat = ?2, running = ?3 WHERE id = ?1 AND state = 'alive'")?
+                .execute(params![id, now_ms as i64, running])?;
+            if n == 0 {
+                return Err(StoreError::UnknownWorker(id.to_owned()));
+            }
+            let cancel: Vec<i64> = tx
+                .prepare_cached("UPDATE subtasks SET cancel_sent = 1 WHERE worker_id = ?1 AND cancel_sent = 0 RETURNING id")?
+                .query_map(params![id], |r| r.get(0))?
+                .collect::<Result<_, _>>()?;
+            Ok(HeartbeatReply { cancel })
+        })
+    }
+
+    fn deregister_worker(&self, id: &str, now_ms: u64) -> StoreResult<u64> {
+        self.write(|tx| {
+            let n = tx.execute(
+                "UPDATE workers SET state = 'left' WHERE id = ?1 AND state = 'alive'",
+                params![id],
+            )?;
+            if n == 0 {
+                return Err(StoreError::UnknownWorker(id.to_owned()));
+            }
+            Ok(Self::requeue_worker(tx, id, false, now_ms)?.0)
+        })
+    }
+
+    fn list_workers(&self) -> StoreResult<Vec<WorkerInfo>> {
+        self.read(|conn| {
+            conn.prepare_cached(
+                "SELECT id, name, state, slots, memory, cores, labels, running, last_heartbeat, completed, failed,
+                    fuel, wall_us, peak_memory FROM workers ORDER BY registered_at",
+            )?
+            .query_map([], |r| {
+                let labels: String = r.get(6)?;
+                Ok(WorkerInfo {
+                    worker_id: r.get(0)?,
+                    name: r.get(1)?,
+                    state: r.get(2)?,
+                    slots: r.get(3)?,
+                    memory_bytes: r.get::<_, i64>(4)? as u64,
+                    cores: r.get(5)?,
+                    labels: serde_json::from_str(&labels).unwrap_or_default(),
+                    running: r.get(7)?,
+                    last_heartbeat_ms: r.get::<_, i64>(8)? as u64,
+                    completed: r.get::<_, i64>(9)? as u64,
+                    failed: r.get::<_, i64>(10)? as u64,
+                    usage: Usage {
+                        fuel_consumed: r.get::<_, i64>(11)? as u64,
+                        wall_time_us: r.get::<_, i64>(12)? as u64,
+                        peak_memory_bytes: r.get::<_, i64>(13)? as u64,
+                    },
+                })
+            })?
+            .collect()
+        })
+    }
+
+    fn expire_workers(&self, silent_since_ms: u64, now_ms: u64) -> StoreResult<Vec<(String, u64)>> {
+        self.write(|tx| {
+            let dead: Vec<String> = tx
+                .prepare_cached(
+                    "UPDATE workers SET state = 'dead' WHERE state = 'alive' AND last_heartbeat < ?1 RETURNING id",
+                )?
+                .query_map(params![silent_since_ms as i64], |r| r.get(0))?
+                .collect::<Result<_, _>>()?;
+            let mut out = Vec::new();
+            for id in dead {
+                let (requeued, _) = Self::requeue_worker(tx, &id, true, now_ms)?;
+                out.push((id, requeued));
+            }
+            Ok(out)
+        })
+    }
+
+    fn grace_workers(&self, now_ms: u64) -> StoreResult<()> {
+        self.write(|tx| {
+            tx.execute(
+                "UPDATE workers SET last_heartbeat = ?1 WHERE state = 'alive'",
+                params![now_ms as i64],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn queue_depth(&self) -> StoreResult<Vec<(i32, u64)>> {
+        self.read(|conn| {
+            conn.prepare_cached(
+                "SELECT priority, COUNT(*) FROM subtasks WHERE state = 'queued' GROUP BY priority",
+            )?
+            .query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?
+            .collect()
+        })
+    }
+}

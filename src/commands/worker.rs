@@ -1,0 +1,88 @@
+//! `hivemind worker`: run a worker, or `hivemind worker list` the cluster's workers.
+
+use super::Global;
+use hivemind_proto::units::format_size;
+use hivemind_worker::WorkerConfig;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Run a worker that leases subtasks from the coordinator and runs them in the sandbox.
+#[derive(Debug, clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
+#[command(after_help = "Examples:\n  hivemind worker --slots 4\n  \
+    hivemind worker --coordinator http://10.0.0.5:5000 --label zone=a\n  hivemind worker list")]
+pub struct WorkerCmd {
+    #[command(subcommand)]
+    pub list: Option<WorkerSub>,
+    /// Concurrent subtasks (default: the number of cores).
+    #[arg(long)]
+    pub slots: Option<u32>,
+    /// Memory budget for subtasks, e.g. `8GiB` (default: the machine's memory).
+    #[arg(long, value_parser = super::parse_size)]
+    pub memory: Option<u64>,
+    /// A label the scheduler can match, KEY=VALUE (repeatable).
+    #[arg(long = "label", value_parser = super::parse_label)]
+    pub labels: Vec<(String, String)>,
+    /// Directory for compiled modules, kept across restarts.
+    #[arg(long)]
+    pub cache_dir: Option<PathBuf>,
+    /// Subtasks leased ahead of free slots (default: 32 per slot).
+    #[arg(long)]
+    pub prefetch: Option<u32>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum WorkerSub {
+    /// List workers with their resources, load and usage.
+    #[command(after_help = "Example:\n  hivemind worker list --json")]
+    List,
+}
+
+impl WorkerCmd {
+    pub async fn execute(self, global: &Global) -> anyhow::Result<ExitCode> {
+        let client = global.client()?;
+        if let Some(WorkerSub::List) = self.list {
+            let list = client.list_workers().await?;
+            if global.json {
+                super::print_json(&list)?;
+            } else {
+                println!(
+                    "{:<16} {:<12} {:<6} {:>5} {:>7} {:>10} {:>10} {:>7} {:>12}",
+                    "WORKER", "NAME", "STATE", "SLOTS", "RUNNING", "MEMORY", "COMPLETED", "FAILED", "FUEL"
+                );
+                for w in list.workers {
+                    println!(
+                        "{:<16} {:<12} {:<6} {:>5} {:>7} {:>10} {:>10} {:>7} {:>12}",
+                        w.worker_id,
+                        w.name,
+                        w.state,
+                        w.slots,
+                        w.running,
+                        format_size(w.memory_bytes),
+                        w.completed,
+                        w.failed,
+                        w.usage.fuel_consumed
+                    );
+                }
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        let mut config = WorkerConfig::default();
+        if let Some(slots) = self.slots {
+            anyhow::ensure!(slots > 0, "--slots must be at least 1");
+            config.slots = slots;
+            config.prefetch = slots * 32;
+        }
+        if let Some(memory) = self.memory {
+            config.memory_bytes = memory;
+        }
+        if let Some(prefetch) = self.prefetch {
+            config.prefetch = prefetch.max(1);
+        }
+        config.labels = self.labels.into_iter().collect();
+        config.cache_dir = self.cache_dir;
+        eprintln!("hivemind worker: {} slots, coordinator {}", config.slots, global.coordinator);
+        hivemind_worker::run(client, config, super::shutdown_signal()).await?;
+        Ok(ExitCode::SUCCESS)
+    }
+}
