@@ -27,12 +27,16 @@ pub struct Bench {
 pub enum Which {
     /// Sandbox overhead per `echo` subtask, throughput on 1 and all cores, wasm/native ratio, cache load.
     Runtime(RuntimeBench),
+    /// End to end: a coordinator and workers as real processes, throughput of one big `echo` task and the
+    /// round-trip latency of single-subtask tasks.
+    E2e(E2eBench),
 }
 
 impl Bench {
     pub fn execute(self, global: &Global) -> anyhow::Result<ExitCode> {
         match self.which {
             Which::Runtime(b) => b.execute(global),
+            Which::E2e(b) => super::async_main(b.execute(global)),
         }
     }
 }
@@ -175,4 +179,176 @@ fn tempfile_dir() -> anyhow::Result<std::path::PathBuf> {
     let dir = std::env::temp_dir().join(format!("hivemind-bench-cache-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     Ok(dir)
+}
+
+#[derive(Debug, clap::Args)]
+pub struct E2eBench {
+    /// Subtasks of the throughput task.
+    #[arg(long, default_value_t = 100_000)]
+    pub subtasks: usize,
+    /// Worker processes.
+    #[arg(long, default_value_t = 1)]
+    pub workers: usize,
+    /// Slots per worker (default: the number of cores).
+    #[arg(long)]
+    pub slots: Option<u32>,
+    /// Single-subtask tasks submitted one at a time for the latency figures.
+    #[arg(long, default_value_t = 300)]
+    pub latency_samples: usize,
+}
+
+/// A child process killed on drop.
+struct Proc(std::process::Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Peak resident memory of a process, from /proc (Linux).
+fn peak_rss_mb(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+impl E2eBench {
+    pub async fn execute(self, global: &Global) -> anyhow::Result<ExitCode> {
+        use hivemind_client::{Blob, Client, SubmitTask, TaskState};
+        use std::io::BufRead;
+        use std::process::{Command, Stdio};
+
+        let exe = std::env::current_exe()?;
+        let data_dir = std::env::temp_dir().join(format!("hivemind-bench-e2e-{}", std::process::id()));
+        let mut coordinator = Command::new(&exe)
+            .args(["--json", "coordinator", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(&data_dir)
+            .stdout(Stdio::piped())
+            .stdin(Stdio::null())
+            .spawn()?;
+        let stdout = coordinator.stdout.take().expect("piped stdout");
+        let coordinator = Proc(coordinator);
+        let mut line = String::new();
+        std::io::BufReader::new(stdout).read_line(&mut line)?;
+        let url = serde_json::from_str::<serde_json::Value>(&line)?["listening"]
+            .as_str()
+            .ok_or_else(|| anyhow::anyhow!("the coordinator did not print its address"))?
+            .to_owned();
+        let slots = self.slots.unwrap_or_else(|| num_cpus::get() as u32).to_string();
+        let _workers: Vec<Proc> = (0..self.workers)
+            .map(|_| {
+                Command::new(&exe)
+                    .args(["worker", "--coordinator", &url, "--slots", &slots])
+                    .stdin(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .map(Proc)
+            })
+            .collect::<Result<_, _>>()?;
+        let client = Client::new(&url)?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while client.list_workers().await?.workers.len() < self.workers {
+            anyhow::ensure!(Instant::now() < deadline, "workers did not register");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let module_id = client.upload_module(programs::read(programs::ECHO)).await?.module_id;
+
+        // Warm-up: every worker compiles the module.
+        let warm = SubmitTask {
+            module_id: module_id.clone(),
+            inputs: vec![Blob::from("warm"); 64],
+            ..SubmitTask::default()
+        };
+        let task = client.submit_task(&warm).await?;
+        client.wait(&task.task_id, None, |_| {}).await?;
+
+        let inputs: Vec<Blob> = (0..self.subtasks).map(|i| Blob(format!("{i}").into_bytes())).collect();
+        let request = SubmitTask { module_id: module_id.clone(), inputs, ..SubmitTask::default() };
+        let start = Instant::now();
+        let task = client.submit_task(&request).await?;
+        let submitted = start.elapsed();
+        let status = client.wait(&task.task_id, None, |_| {}).await?;
+        let elapsed = start.elapsed();
+        anyhow::ensure!(
+            status.state == TaskState::Succeeded,
+            "bench task {}: {:?}",
+            status.state,
+            status.error
+        );
+        let result = client.get_result(&task.task_id).await?;
+        let outputs = result.outputs.unwrap_or_default();
+        anyhow::ensure!(
+            outputs.len() == self.subtasks
+                && outputs
+                    .iter()
+                    .enumerate()
+                    .all(|(i, o)| o.as_ref().is_some_and(|b| b.0 == i.to_string().as_bytes())),
+            "the bench task's outputs are not the inputs in order"
+        );
+        let throughput = self.subtasks as f64 / elapsed.as_secs_f64();
+
+        let mut latencies = Vec::with_capacity(self.latency_samples);
+        for i in 0..self.latency_samples {
+            let one = SubmitTask {
+                module_id: module_id.clone(),
+                inputs: vec![Blob(i.to_string().into_bytes())],
+                ..SubmitTask::default()
+            };
+            let start = Instant::now();
+            let task = client.submit_task(&one).await?;
+            client.wait(&task.task_id, None, |_| {}).await?;
+            let result = client.get_result(&task.task_id).await?;
+            latencies.push(start.elapsed());
+            anyhow::ensure!(result.outputs.is_some(), "latency task without result");
+        }
+        latencies.sort();
+        let rss = peak_rss_mb(coordinator.0.id()).unwrap_or(0.0);
+        drop(coordinator);
+        let _ = std::fs::remove_dir_all(&data_dir);
+
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        let (p50, p99) = if latencies.is_empty() {
+            (0.0, 0.0)
+        } else {
+            (ms(percentile(&latencies, 0.5)), ms(percentile(&latencies, 0.99)))
+        };
+        if global.json {
+            println!(
+                "{}",
+                serde_json::json!({
+                    "benchmark": "e2e",
+                    "store": "sqlite",
+                    "subtasks": self.subtasks,
+                    "workers": self.workers,
+                    "slots_per_worker": slots,
+                    "submit_ms": ms(submitted),
+                    "elapsed_ms": ms(elapsed),
+                    "subtasks_per_s": throughput,
+                    "latency_samples": self.latency_samples,
+                    "latency_p50_ms": p50,
+                    "latency_p99_ms": p99,
+                    "coordinator_peak_rss_mb": rss,
+                })
+            );
+        } else {
+            println!("store                       sqlite (durable against kill -9)");
+            println!("workers                     {} × {slots} slots", self.workers);
+            println!(
+                "{} echo subtasks         {:.0} ms ({:.0} ms to submit)",
+                self.subtasks,
+                ms(elapsed),
+                ms(submitted)
+            );
+            println!("throughput                  {throughput:.0} subtasks/s");
+            println!(
+                "single-subtask round trip   p50 {p50:.2} ms, p99 {p99:.2} ms ({} samples)",
+                self.latency_samples
+            );
+            println!("coordinator peak RSS        {rss:.1} MiB");
+        }
+        Ok(ExitCode::SUCCESS)
+    }
 }

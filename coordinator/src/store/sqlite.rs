@@ -449,7 +449,7 @@ impl TaskStore for SqliteStore {
             if alive.as_deref() != Some("alive") {
                 return Err(StoreError::UnknownWorker(worker_id.to_owned()));
             }
-            let mut rows: Vec<(i64, String, String, i64, u32, Vec<u8>, i32)> = tx
+            let mut rows: Vec<(i32, LeasedSubtask)> = tx
                 .prepare_cached(
                     "UPDATE subtasks SET state = 'leased', worker_id = ?1, attempt = attempt + 1
                      WHERE id IN (SELECT id FROM subtasks WHERE state = 'queued'
@@ -458,22 +458,23 @@ impl TaskStore for SqliteStore {
                      RETURNING id, task_id, phase, idx, attempt, input, priority",
                 )?
                 .query_map(params![worker_id, now_ms as i64, max], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?))
+                    let subtask = LeasedSubtask {
+                        subtask_id: r.get(0)?,
+                        task_id: r.get(1)?,
+                        phase: phase_of(&r.get::<_, String>(2)?),
+                        index: r.get::<_, i64>(3)? as u64,
+                        attempt: r.get(4)?,
+                        input: Blob(r.get(5)?),
+                    };
+                    Ok((r.get(6)?, subtask))
                 })?
                 .collect::<Result<_, _>>()?;
-            rows.sort_by(|a, b| b.6.cmp(&a.6).then(a.0.cmp(&b.0)));
+            rows.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.subtask_id.cmp(&b.1.subtask_id)));
             let mut lease = Lease::default();
             let mut deltas: HashMap<String, i64> = HashMap::new();
-            for (id, task_id, phase, idx, attempt, input, _) in rows {
-                *deltas.entry(task_id.clone()).or_default() += 1;
-                lease.subtasks.push(LeasedSubtask {
-                    subtask_id: id,
-                    task_id,
-                    index: idx as u64,
-                    phase: phase_of(&phase),
-                    attempt,
-                    input: Blob(input),
-                });
+            for (_, subtask) in rows {
+                *deltas.entry(subtask.task_id.clone()).or_default() += 1;
+                lease.subtasks.push(subtask);
             }
             for (task_id, n) in deltas {
                 Delta { queued: -n, leased: n, ..Delta::default() }.apply(tx, &task_id)?;

@@ -6,10 +6,8 @@
 //! entry points: [`map`] for map-only functions and [`run`] for a [`Task`] with split and reduce steps.
 //!
 //! ```no_run
-//! // guest-examples/echo: the whole program.
-//! fn main() {
-//!     hivemind_guest::map(|input| Ok(input.to_vec()));
-//! }
+//! // guest-examples/echo: the whole program is this call in `main`.
+//! hivemind_guest::map(|input| Ok(input.to_vec()));
 //! ```
 //!
 //! With the `component` feature, [`component`] holds the bindings of the `hivemind:task` WIT world for

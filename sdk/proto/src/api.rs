@@ -347,7 +347,10 @@ mod tests {
     fn bad_blob_rejected() {
         assert!(serde_json::from_str::<Blob>("42").is_err());
         assert!(
-            serde_json::from_str::<Blob>(r#"{"base64":"!!"}"#).unwrap_err().to_string().contains("base64")
+            serde_json::from_str::<Blob>(r#"{"base64":"!!"}"#)
+                .expect_err("bad base64")
+                .to_string()
+                .contains("base64")
         );
     }
 

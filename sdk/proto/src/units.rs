@@ -64,7 +64,7 @@ mod tests {
     fn bad_sizes_rejected() {
         assert!(parse_size("").is_err());
         assert!(parse_size("MiB").is_err());
-        assert!(parse_size("12 parsecs").unwrap_err().contains("unknown unit"));
+        assert!(parse_size("12 parsecs").expect_err("unknown unit").contains("unknown unit"));
     }
 
     #[test]

@@ -1,0 +1,8 @@
+//! End-to-end tests: real `hivemind` processes (coordinator, workers, CLI) talking HTTP on loopback ports
+//! chosen at run time. One test binary, one module per area, sharing the fixtures below.
+
+mod api;
+mod cluster;
+mod tasks;
+
+pub use cluster::*;
