@@ -8,23 +8,18 @@
 #include <inttypes.h>
 #include <stdio.h>
 
+static int is_prime(uint64_t n) {
+    if (n < 4) return n >= 2;
+    if (n % 2 == 0) return 0;
+    for (uint64_t d = 3; d * d <= n; d += 2) {
+        if (n % d == 0) return 0;
+    }
+    return 1;
+}
+
 static uint64_t count_primes(uint64_t lo, uint64_t hi) {
     uint64_t count = 0;
-    for (uint64_t n = lo < 2 ? 2 : lo; n < hi; n++) {
-        if (n < 4) {
-            count++;
-            continue;
-        }
-        if (n % 2 == 0) continue;
-        int prime = 1;
-        for (uint64_t d = 3; d * d <= n; d += 2) {
-            if (n % d == 0) {
-                prime = 0;
-                break;
-            }
-        }
-        count += prime;
-    }
+    for (uint64_t n = lo < 2 ? 2 : lo; n < hi; n++) count += is_prime(n);
     return count;
 }
 

@@ -27,7 +27,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
-use tokio::sync::{Notify, Semaphore, mpsc};
+use tokio::sync::{Notify, Semaphore, mpsc, watch};
 
 /// Worker configuration.
 #[derive(Debug, Clone)]
@@ -118,20 +118,15 @@ pub async fn run(
         results: tx,
         config,
     });
-    let stopping = Arc::new(Notify::new());
-    let stop_flag = Arc::new(AtomicBool::new(false));
-    {
-        let (stopping, stop_flag) = (stopping.clone(), stop_flag.clone());
-        tokio::spawn(async move {
-            shutdown.await;
-            stop_flag.store(true, Ordering::SeqCst);
-            stopping.notify_waiters();
-        });
-    }
+    let (stop_tx, stop) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
     let reporter = tokio::spawn(report(worker.clone(), rx));
     let heart = tokio::spawn(heartbeat(worker.clone()));
 
-    worker.lease_loop(&stopping, &stop_flag).await;
+    worker.lease_loop(&stop).await;
 
     // Drain: wait for leased subtasks to finish, then flush results and leave.
     tracing::info!(in_flight = worker.in_flight.load(Ordering::SeqCst), "draining");
@@ -156,6 +151,12 @@ pub async fn run(
     Ok(())
 }
 
+/// Resolves once shutdown was requested (immediately if it already was).
+async fn stopped(stop: &watch::Receiver<bool>) {
+    let mut stop = stop.clone();
+    let _ = stop.wait_for(|s| *s).await;
+}
+
 /// Exponential backoff for coordinator connection failures: 50 ms doubling to 2 s.
 fn backoff(attempt: u32) -> Duration {
     Duration::from_millis(50u64.saturating_mul(1 << attempt.min(6))).min(Duration::from_secs(2))
@@ -166,7 +167,7 @@ impl Worker {
         self.worker_id.lock().clone()
     }
 
-    async fn register(&self, stop: &AtomicBool) {
+    async fn register(&self, stop: &watch::Receiver<bool>) {
         let req = RegisterWorker {
             name: self.config.name.clone(),
             slots: self.config.slots,
@@ -175,7 +176,7 @@ impl Worker {
             labels: self.config.labels.clone(),
         };
         let mut attempt = 0;
-        while !stop.load(Ordering::SeqCst) {
+        while !*stop.borrow() {
             match self.client.register(&req).await {
                 Ok(reg) => {
                     tracing::info!(worker = %reg.worker_id, coordinator = %self.client.url(), "registered");
@@ -193,34 +194,45 @@ impl Worker {
         }
     }
 
-    async fn lease_loop(self: &Arc<Self>, stopping: &Notify, stop: &AtomicBool) {
+    async fn lease_loop(self: &Arc<Self>, stop: &watch::Receiver<bool>) {
         let mut failures = 0;
-        while !stop.load(Ordering::SeqCst) {
+        while !*stop.borrow() {
             if self.lost.load(Ordering::SeqCst) {
                 self.register(stop).await;
                 continue;
             }
+            // Enabled before reading the counters, so a subtask finishing in between is not missed.
+            let freed = self.slot_freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
             let in_flight = self.in_flight.load(Ordering::SeqCst);
-            let want = self.config.prefetch.max(self.config.slots).saturating_sub(in_flight);
-            if want == 0 || (in_flight > 0 && in_flight >= self.config.slots) {
-                // Enough work in hand: wait until a subtask finishes.
-                let freed = self.slot_freed.notified();
-                tokio::select! { _ = freed => {}, _ = stopping.notified() => {} }
+            let target = self.config.prefetch.max(self.config.slots);
+            if in_flight > 0 && in_flight > target / 2 {
+                // Enough work in hand: top up once half of it is done.
+                tokio::select! {
+                    _ = freed => {}
+                    _ = stopped(stop) => {}
+                    _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                }
                 continue;
             }
+            let want = target - in_flight;
             let wait = if in_flight == 0 { self.config.idle_wait } else { Duration::ZERO };
             let req = LeaseRequest { max: want, wait_ms: wait.as_millis() as u64 };
             let id = self.id();
             let lease = tokio::select! {
                 lease = self.client.lease(&id, &req) => lease,
-                _ = stopping.notified() => break,
+                _ = stopped(stop) => break,
             };
             match lease {
                 Ok(lease) => {
                     failures = 0;
                     if lease.subtasks.is_empty() && in_flight > 0 {
-                        let freed = self.slot_freed.notified();
-                        tokio::select! { _ = freed => {}, _ = stopping.notified() => {} }
+                        tokio::select! {
+                            _ = freed => {}
+                            _ = stopped(stop) => {}
+                            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                        }
                     }
                     for subtask in lease.subtasks {
                         let Some(task) = lease.tasks.get(&subtask.task_id).cloned() else { continue };
