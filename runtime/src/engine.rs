@@ -127,7 +127,11 @@ fn build_engine(config: &RuntimeConfig) -> Result<(Engine, AllocatorKind), Runti
             }
         }
     }
-    let engine = Engine::new(&base_config()).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
+    // On demand, with small reservations: explicit bounds checks instead of multi-GiB guard regions, so it
+    // also works where the address space is limited (`ulimit -v`).
+    let mut c = base_config();
+    c.memory_reservation(0).memory_guard_size(64 << 10).memory_reservation_for_growth(1 << 20);
+    let engine = Engine::new(&c).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
     Ok((engine, AllocatorKind::OnDemand))
 }
 

@@ -242,3 +242,13 @@ fn run_command_reports_usage_and_errors() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("invalid size"));
 }
+
+#[test]
+fn runtime_starts_with_little_address_space() {
+    // 3 GB of virtual address space cannot hold the pooling allocator's reservations: the runtime sizes
+    // the pool down, then falls back to on-demand allocation, and still runs the module.
+    let script = format!("ulimit -v 3000000 && echo hello | exec {BIN} run {} --input -", programs::ECHO);
+    let out = std::process::Command::new("sh").args(["-c", &script]).output().expect("run sh");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hello\n");
+}
