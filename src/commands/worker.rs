@@ -26,7 +26,7 @@ pub struct WorkerCmd {
     /// Directory for compiled modules, kept across restarts.
     #[arg(long)]
     pub cache_dir: Option<PathBuf>,
-    /// Subtasks leased ahead of free slots (default: 32 per slot).
+    /// Most subtasks held at once (default: 512 per slot; the worker aims at ~100 ms of work in hand).
     #[arg(long)]
     pub prefetch: Option<u32>,
 }
@@ -71,7 +71,7 @@ impl WorkerCmd {
         if let Some(slots) = self.slots {
             anyhow::ensure!(slots > 0, "--slots must be at least 1");
             config.slots = slots;
-            config.prefetch = slots * 32;
+            config.prefetch = slots * 512;
         }
         if let Some(memory) = self.memory {
             config.memory_bytes = memory;

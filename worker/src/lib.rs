@@ -2,7 +2,8 @@
 //! runs them in the sandbox up to its slots, and reports results in batches.
 //!
 //! Tasks of one worker process:
-//! - the **lease loop** keeps up to `prefetch` subtasks leased, long-polling when it has none;
+//! - the **lease loop** keeps about 100 ms of work leased (Little's law over the observed subtask time,
+//!   capped by `prefetch`), long-polling when it has none;
 //! - one **runner** per leased subtask waits for a slot (a semaphore), fetches the module once (download,
 //!   sha256 check, compile or load from the on-disk cache) and runs it on the blocking pool;
 //! - the **reporter** sends every result that accumulated while the previous report was in flight, so
@@ -40,7 +41,8 @@ pub struct WorkerConfig {
     /// Where compiled modules are cached across restarts.
     pub cache_dir: Option<PathBuf>,
     pub name: String,
-    /// Subtasks leased ahead of free slots, so short subtasks never wait for a round trip.
+    /// Most subtasks held at once (leased, queued locally or running). The worker aims at about 100 ms of
+    /// work in hand, so short subtasks never wait for a round trip and long ones stay with the scheduler.
     pub prefetch: u32,
     /// Long-poll duration of an idle lease request.
     pub idle_wait: Duration,
@@ -57,7 +59,7 @@ impl Default for WorkerConfig {
             labels: BTreeMap::new(),
             cache_dir: None,
             name: hostname(),
-            prefetch: slots * 32,
+            prefetch: slots * 512,
             idle_wait: Duration::from_secs(10),
         }
     }
@@ -80,6 +82,8 @@ struct Worker {
     /// Subtasks leased but not yet reported.
     in_flight: AtomicU32,
     running: AtomicU32,
+    /// Moving average of subtask wall time, in microseconds (0 until the first subtask ran).
+    avg_run_us: AtomicU64,
     /// Heartbeat period the coordinator asked for at registration.
     heartbeat_ms: AtomicU64,
     /// Woken whenever a subtask finishes, so the lease loop can top up.
@@ -112,6 +116,7 @@ pub async fn run(
         in_flight: AtomicU32::new(0),
         running: AtomicU32::new(0),
         heartbeat_ms: AtomicU64::new(1000),
+        avg_run_us: AtomicU64::new(0),
         slot_freed: Notify::new(),
         slots: Semaphore::new(config.slots as usize),
         cancels: Mutex::new(HashMap::new()),
@@ -167,6 +172,22 @@ impl Worker {
         self.worker_id.lock().clone()
     }
 
+    /// How many subtasks to hold: enough for ~100 ms of work on every slot, within `slots..=prefetch`.
+    fn lease_target(&self) -> u32 {
+        let slots = self.config.slots;
+        let cap = self.config.prefetch.max(slots);
+        match self.avg_run_us.load(Ordering::Relaxed) {
+            0 => (slots * 4).min(cap),
+            avg => ((100_000 / avg.max(1)) as u32).saturating_mul(slots).clamp(slots, cap),
+        }
+    }
+
+    fn record_run(&self, wall_us: u64) {
+        let old = self.avg_run_us.load(Ordering::Relaxed);
+        let new = if old == 0 { wall_us.max(1) } else { (old * 7 + wall_us.max(1)) / 8 };
+        self.avg_run_us.store(new, Ordering::Relaxed);
+    }
+
     async fn register(&self, stop: &watch::Receiver<bool>) {
         let req = RegisterWorker {
             name: self.config.name.clone(),
@@ -206,7 +227,7 @@ impl Worker {
             tokio::pin!(freed);
             freed.as_mut().enable();
             let in_flight = self.in_flight.load(Ordering::SeqCst);
-            let target = self.config.prefetch.max(self.config.slots);
+            let target = self.lease_target();
             if in_flight > 0 && in_flight > target / 2 {
                 // Enough work in hand: top up once half of it is done.
                 tokio::select! {
@@ -277,6 +298,10 @@ impl Worker {
         self.running.fetch_sub(1, Ordering::SeqCst);
         self.cancels.lock().remove(&subtask.subtask_id);
         drop(permit);
+        match &outcome {
+            Ok(out) => self.record_run(out.usage.wall_time_us),
+            Err(err) => self.record_run(err.usage.wall_time_us),
+        }
         let completion = match outcome {
             Ok(out) => Completion {
                 subtask_id: subtask.subtask_id,

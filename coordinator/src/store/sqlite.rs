@@ -63,20 +63,30 @@ fn task_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<TaskStatus> {
         reduce: row.get(5)?,
         phase: row.get(6)?,
         subtasks: SubtaskCounts {
-            queued: row.get::<_, i64>(7)? as u64,
-            leased: row.get::<_, i64>(8)? as u64,
-            succeeded: row.get::<_, i64>(9)? as u64,
-            failed: row.get::<_, i64>(10)? as u64,
-            cancelled: row.get::<_, i64>(11)? as u64,
+            queued: u64_at(row, 7)?,
+            leased: u64_at(row, 8)?,
+            succeeded: u64_at(row, 9)?,
+            failed: u64_at(row, 10)?,
+            cancelled: u64_at(row, 11)?,
         },
-        usage: Usage {
-            fuel_consumed: row.get::<_, i64>(12)? as u64,
-            wall_time_us: row.get::<_, i64>(13)? as u64,
-            peak_memory_bytes: row.get::<_, i64>(14)? as u64,
-        },
+        usage: usage_at(row, 12)?,
         error: row.get(15)?,
-        created_at_ms: row.get::<_, i64>(16)? as u64,
+        created_at_ms: u64_at(row, 16)?,
         finished_at_ms: row.get::<_, Option<i64>>(17)?.map(|v| v as u64),
+    })
+}
+
+/// A non-negative integer column (SQLite stores 64-bit signed integers).
+fn u64_at(row: &rusqlite::Row<'_>, idx: usize) -> rusqlite::Result<u64> {
+    Ok(row.get::<_, i64>(idx)? as u64)
+}
+
+/// Usage stored as the three columns `fuel, wall_us, peak_memory` starting at `first`.
+fn usage_at(row: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<Usage> {
+    Ok(Usage {
+        fuel_consumed: u64_at(row, first)?,
+        wall_time_us: u64_at(row, first + 1)?,
+        peak_memory_bytes: u64_at(row, first + 2)?,
     })
 }
 
@@ -332,7 +342,7 @@ impl ModuleStore for SqliteStore {
                 .query_row(params![id], |r| {
                     Ok(ModuleInfo {
                         module_id: r.get(0)?,
-                        size: r.get::<_, i64>(1)? as u64,
+                        size: u64_at(r, 1)?,
                         kind: r.get(2)?,
                         created: false,
                     })
@@ -462,7 +472,7 @@ impl TaskStore for SqliteStore {
                         subtask_id: r.get(0)?,
                         task_id: r.get(1)?,
                         phase: phase_of(&r.get::<_, String>(2)?),
-                        index: r.get::<_, i64>(3)? as u64,
+                        index: u64_at(r, 3)?,
                         attempt: r.get(4)?,
                         input: Blob(r.get(5)?),
                     };
@@ -784,18 +794,14 @@ impl MetadataStore for SqliteStore {
                     name: r.get(1)?,
                     state: r.get(2)?,
                     slots: r.get(3)?,
-                    memory_bytes: r.get::<_, i64>(4)? as u64,
+                    memory_bytes: u64_at(r, 4)?,
                     cores: r.get(5)?,
                     labels: serde_json::from_str(&labels).unwrap_or_default(),
                     running: r.get(7)?,
-                    last_heartbeat_ms: r.get::<_, i64>(8)? as u64,
-                    completed: r.get::<_, i64>(9)? as u64,
-                    failed: r.get::<_, i64>(10)? as u64,
-                    usage: Usage {
-                        fuel_consumed: r.get::<_, i64>(11)? as u64,
-                        wall_time_us: r.get::<_, i64>(12)? as u64,
-                        peak_memory_bytes: r.get::<_, i64>(13)? as u64,
-                    },
+                    last_heartbeat_ms: u64_at(r, 8)?,
+                    completed: u64_at(r, 9)?,
+                    failed: u64_at(r, 10)?,
+                    usage: usage_at(r, 11)?,
                 })
             })?
             .collect()
@@ -834,7 +840,7 @@ impl MetadataStore for SqliteStore {
             conn.prepare_cached(
                 "SELECT priority, COUNT(*) FROM subtasks WHERE state = 'queued' GROUP BY priority",
             )?
-            .query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?
+            .query_map([], |r| Ok((r.get(0)?, u64_at(r, 1)?)))?
             .collect()
         })
     }
