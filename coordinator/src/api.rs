@@ -485,6 +485,7 @@ async fn register_worker(State(state): State<AppState>, body: Body) -> ApiResult
         move |c| c.store.register_worker(&id, &req, now_ms())
     })
     .await?;
+    state.heard_from(&id);
     tracing::info!(worker = %id, "worker registered");
     let reply = Registered {
         worker_id: id,
@@ -516,6 +517,7 @@ async fn deregister_worker(State(state): State<AppState>, Path(id): Path<String>
 async fn heartbeat(State(state): State<AppState>, Path(id): Path<String>, body: Body) -> ApiResult<Response> {
     validate_id(&id, "invalid_worker_id")?;
     let req: Heartbeat = json_body(&state, body).await?;
+    state.heard_from(&id);
     let reply = blocking(&state, move |c| c.store.heartbeat(&id, req.running, now_ms())).await?;
     Ok(json(StatusCode::OK, &reply))
 }

@@ -21,9 +21,10 @@ pub use config::{Caps, Config};
 pub use metrics::Metrics;
 
 use hivemind_runtime::{Runtime, RuntimeConfig};
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use store::Store;
 use store::sqlite::{Durability, SqliteStore};
 use tokio::sync::{Notify, watch};
@@ -43,6 +44,9 @@ pub struct Coordinator {
     work: Notify,
     /// Bumped whenever a task finishes; long-polling waits watch it.
     task_events: watch::Sender<u64>,
+    /// When this process last heard from each worker, recorded before the heartbeat's store write: a long
+    /// write transaction (a huge submit) delays heartbeat writes, and must not get healthy workers killed.
+    heard: parking_lot::Mutex<HashMap<String, Instant>>,
     pub metrics: Metrics,
 }
 
@@ -76,8 +80,22 @@ impl Coordinator {
             validator,
             work: Notify::new(),
             task_events: watch::channel(0).0,
+            heard: parking_lot::Mutex::new(HashMap::new()),
             metrics: Metrics::default(),
         }))
+    }
+
+    /// Records that `worker` was heard from just now.
+    fn heard_from(&self, worker: &str) {
+        self.heard.lock().insert(worker.to_owned(), Instant::now());
+    }
+
+    /// Workers heard from within the failure-detection window; forgets older entries.
+    fn recently_heard(&self) -> Vec<String> {
+        let window = self.config.dead_after;
+        let mut heard = self.heard.lock();
+        heard.retain(|_, at| at.elapsed() < window);
+        heard.keys().cloned().collect()
     }
 
     fn work_available(&self) {
@@ -93,10 +111,11 @@ impl Coordinator {
     /// One pass of the failure detector and the deadline checker.
     pub async fn detect_failures(self: &Arc<Self>) {
         let this = self.clone();
+        let heard = self.recently_heard();
         let result = tokio::task::spawn_blocking(move || {
             let now = now_ms();
             let silent_since = now.saturating_sub(this.config.dead_after.as_millis() as u64);
-            let dead = this.store.expire_workers(silent_since, now)?;
+            let dead = this.store.expire_workers(silent_since, &heard, now)?;
             let expired = this.store.expire_deadlines(now)?;
             Ok::<_, store::StoreError>((dead, expired))
         })

@@ -124,9 +124,15 @@ pub trait MetadataStore: Send + Sync {
     /// A worker leaving cleanly: its leased subtasks go back to the queue.
     fn deregister_worker(&self, id: &str, now_ms: u64) -> StoreResult<u64>;
     fn list_workers(&self) -> StoreResult<Vec<WorkerInfo>>;
-    /// Declares dead every live worker silent since `silent_since_ms` and requeues its subtasks
-    /// (or fails them after `max_attempts`). Returns (worker, subtasks requeued) pairs.
-    fn expire_workers(&self, silent_since_ms: u64, now_ms: u64) -> StoreResult<Vec<(String, u64)>>;
+    /// Declares dead every live worker silent since `silent_since_ms`, except those in `heard_from` (heard
+    /// by this coordinator recently, even if their heartbeat write is still waiting for the store), and
+    /// requeues its subtasks (or fails them after `max_attempts`). Returns (worker, requeued) pairs.
+    fn expire_workers(
+        &self,
+        silent_since_ms: u64,
+        heard_from: &[String],
+        now_ms: u64,
+    ) -> StoreResult<Vec<(String, u64)>>;
     /// After a coordinator restart: treat every live worker as just heard from, so leases in flight are
     /// honoured while workers reconnect instead of being requeued at once.
     fn grace_workers(&self, now_ms: u64) -> StoreResult<()>;

@@ -808,16 +808,20 @@ impl MetadataStore for SqliteStore {
         })
     }
 
-    fn expire_workers(&self, silent_since_ms: u64, now_ms: u64) -> StoreResult<Vec<(String, u64)>> {
+    fn expire_workers(
+        &self,
+        silent_since_ms: u64,
+        heard_from: &[String],
+        now_ms: u64,
+    ) -> StoreResult<Vec<(String, u64)>> {
         self.write(|tx| {
-            let dead: Vec<String> = tx
-                .prepare_cached(
-                    "UPDATE workers SET state = 'dead' WHERE state = 'alive' AND last_heartbeat < ?1 RETURNING id",
-                )?
+            let silent: Vec<String> = tx
+                .prepare_cached("SELECT id FROM workers WHERE state = 'alive' AND last_heartbeat < ?1")?
                 .query_map(params![silent_since_ms as i64], |r| r.get(0))?
                 .collect::<Result<_, _>>()?;
             let mut out = Vec::new();
-            for id in dead {
+            for id in silent.into_iter().filter(|id| !heard_from.contains(id)) {
+                tx.prepare_cached("UPDATE workers SET state = 'dead' WHERE id = ?1")?.execute(params![id])?;
                 let (requeued, _) = Self::requeue_worker(tx, &id, true, now_ms)?;
                 out.push((id, requeued));
             }
