@@ -849,3 +849,102 @@ impl MetadataStore for SqliteStore {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hivemind_proto::api::{Completion, Outcome};
+
+    fn store() -> (tempfile::TempDir, SqliteStore) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = SqliteStore::open(&dir.path().join("test.db"), Durability::Process).expect("open");
+        store.put_module("sha256:m", "command", b"bytes", 0).expect("module");
+        (dir, store)
+    }
+
+    fn task(id: &str, priority: i32, inputs: usize) -> NewTask {
+        NewTask {
+            id: id.into(),
+            module_id: "sha256:m".into(),
+            priority,
+            limits: Limits::default(),
+            max_attempts: 2,
+            retry_on_error: false,
+            split: false,
+            reduce: false,
+            labels: BTreeMap::new(),
+            idempotency_key: None,
+            deadline_at_ms: None,
+            inputs: (0..inputs).map(|i| format!("{id}-{i}").into_bytes()).collect(),
+        }
+    }
+
+    fn worker(store: &SqliteStore, id: &str, now: u64) {
+        let reg = RegisterWorker {
+            name: id.into(),
+            slots: 1,
+            memory_bytes: 1 << 30,
+            cores: 1,
+            labels: BTreeMap::new(),
+        };
+        store.register_worker(id, &reg, now).expect("register");
+    }
+
+    fn ok(subtask_id: i64, attempt: u32) -> Completion {
+        Completion {
+            subtask_id,
+            attempt,
+            outcome: Outcome::Output(Blob(b"out".to_vec())),
+            log: Blob::default(),
+            usage: Usage::default(),
+        }
+    }
+
+    #[test]
+    fn lease_order_is_priority_then_fifo() {
+        let (_dir, store) = store();
+        store.submit(task("low", 1, 2), 0).expect("submit");
+        store.submit(task("high", 5, 2), 0).expect("submit");
+        worker(&store, "w", 0);
+        let lease = store.lease("w", 3, 0).expect("lease");
+        let inputs: Vec<Vec<u8>> = lease.subtasks.iter().map(|s| s.input.0.clone()).collect();
+        assert_eq!(inputs, vec![b"high-0".to_vec(), b"high-1".to_vec(), b"low-0".to_vec()]);
+    }
+
+    #[test]
+    fn stale_completion_refused() {
+        let (_dir, store) = store();
+        store.submit(task("t", 0, 1), 0).expect("submit");
+        worker(&store, "w", 0);
+        let leased = store.lease("w", 1, 0).expect("lease").subtasks.remove(0);
+        let done =
+            store.complete("w", vec![ok(leased.subtask_id, 2)], RetryPolicy::default(), 1).expect("complete");
+        assert_eq!(done.reply.refused, vec![leased.subtask_id], "wrong attempt");
+        let done = store
+            .complete("other", vec![ok(leased.subtask_id, 1)], RetryPolicy::default(), 1)
+            .expect("complete");
+        assert_eq!(done.reply.refused, vec![leased.subtask_id], "wrong worker");
+        let done =
+            store.complete("w", vec![ok(leased.subtask_id, 1)], RetryPolicy::default(), 1).expect("complete");
+        assert_eq!((done.reply.accepted, done.finished_tasks), (1, vec!["t".to_string()]));
+        let done =
+            store.complete("w", vec![ok(leased.subtask_id, 1)], RetryPolicy::default(), 1).expect("complete");
+        assert_eq!(done.reply.refused, vec![leased.subtask_id], "already completed");
+    }
+
+    #[test]
+    fn silent_worker_expired_unless_heard_from() {
+        let (_dir, store) = store();
+        store.submit(task("t", 0, 1), 0).expect("submit");
+        worker(&store, "w", 0);
+        store.lease("w", 1, 0).expect("lease");
+        let spared = store.expire_workers(1_000, &["w".to_string()], 5_000).expect("expire");
+        assert!(spared.is_empty(), "a worker heard from recently is spared");
+        let dead = store.expire_workers(1_000, &[], 5_000).expect("expire");
+        assert_eq!(dead, vec![("w".to_string(), 1)]);
+        assert!(matches!(store.heartbeat("w", 0, 5_001), Err(StoreError::UnknownWorker(_))));
+        worker(&store, "w2", 5_000);
+        let again = store.lease("w2", 1, 5_000).expect("lease").subtasks.remove(0);
+        assert_eq!(again.attempt, 2, "the requeued subtask carries the next attempt number");
+    }
+}
