@@ -194,7 +194,7 @@ impl SqliteStore {
         writer
             .execute_batch(&format!(
                 "PRAGMA journal_mode = WAL; PRAGMA synchronous = {sync}; PRAGMA foreign_keys = ON;
-                 PRAGMA cache_size = -65536; PRAGMA temp_store = MEMORY;"
+                 PRAGMA cache_size = -32768; PRAGMA temp_store = MEMORY;"
             ))
             .map_err(backend)?;
         let version: i64 = writer.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(backend)?;
