@@ -376,31 +376,36 @@ async fn report(worker: Arc<Worker>, mut rx: mpsc::UnboundedReceiver<Completion>
     }
 }
 
-/// Heartbeats every interval the coordinator asked for; cancels subtasks it names.
+/// Heartbeats every interval the coordinator asked for, without waiting for the previous reply (a
+/// coordinator busy with a long write must still hear from this worker on time); cancels subtasks it names.
 async fn heartbeat(worker: Arc<Worker>) {
     loop {
         tokio::time::sleep(Duration::from_millis(worker.heartbeat_ms.load(Ordering::SeqCst))).await;
         if worker.lost.load(Ordering::SeqCst) {
             continue;
         }
-        let id = worker.id();
-        let beat = Heartbeat { running: worker.running.load(Ordering::SeqCst) };
-        match worker.client.heartbeat(&id, &beat).await {
-            Ok(reply) => {
-                let cancels = worker.cancels.lock();
-                for subtask in reply.cancel {
-                    if let Some(token) = cancels.get(&subtask) {
-                        tracing::info!(subtask, "cancelling");
-                        token.cancel();
+        let worker = worker.clone();
+        tokio::spawn(async move {
+            let id = worker.id();
+            let beat = Heartbeat { running: worker.running.load(Ordering::SeqCst) };
+            match worker.client.heartbeat(&id, &beat).await {
+                Ok(reply) => {
+                    let cancels = worker.cancels.lock();
+                    for subtask in reply.cancel {
+                        if let Some(token) = cancels.get(&subtask) {
+                            tracing::info!(subtask, "cancelling");
+                            token.cancel();
+                        }
                     }
                 }
+                Err(e) if e.code() == Some("worker_unknown") => {
+                    if worker.id() == id && !worker.lost.swap(true, Ordering::SeqCst) {
+                        tracing::warn!(worker = %id, "heartbeat refused: declared dead; registering again");
+                        worker.slot_freed.notify_waiters();
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "heartbeat failed"),
             }
-            Err(e) if e.code() == Some("worker_unknown") => {
-                tracing::warn!(worker = %id, "heartbeat refused: declared dead; registering again");
-                worker.lost.store(true, Ordering::SeqCst);
-                worker.slot_freed.notify_waiters();
-            }
-            Err(e) => tracing::warn!(error = %e, "heartbeat failed"),
-        }
+        });
     }
 }
