@@ -178,6 +178,34 @@ fn finish_unsuccessfully(
     Ok(true)
 }
 
+/// Records how a subtask's current attempt ended: its output or error, log and usage.
+fn record_finish(
+    tx: &Transaction<'_>,
+    c: &Completion,
+    state: &str,
+    output: Option<&[u8]>,
+    error: Option<(&str, &str)>,
+    now_ms: u64,
+) -> rusqlite::Result<()> {
+    tx.prepare_cached(
+        "UPDATE subtasks SET state = ?2, output = ?3, error_kind = ?4, error = ?5, log = ?6, fuel = ?7,
+            peak_memory = ?8, wall_us = ?9, finished_at = ?10 WHERE id = ?1",
+    )?
+    .execute(params![
+        c.subtask_id,
+        state,
+        output,
+        error.map(|e| e.0),
+        error.map(|e| e.1),
+        c.log.0,
+        c.usage.fuel_consumed as i64,
+        c.usage.peak_memory_bytes as i64,
+        c.usage.wall_time_us as i64,
+        now_ms as i64
+    ])?;
+    Ok(())
+}
+
 fn phase_of(text: &str) -> Phase {
     text.parse().unwrap_or(Phase::Map)
 }
@@ -540,27 +568,15 @@ impl TaskStore for SqliteStore {
                 d.leased -= 1;
                 d.usage.accumulate(&c.usage);
                 worker.2.accumulate(&c.usage);
-                match c.outcome {
+                match &c.outcome {
                     Outcome::Output(Blob(output)) => {
-                        tx.prepare_cached(
-                            "UPDATE subtasks SET state = 'succeeded', output = ?2, log = ?3, fuel = ?4, peak_memory = ?5,
-                                wall_us = ?6, finished_at = ?7 WHERE id = ?1",
-                        )?
-                        .execute(params![
-                            c.subtask_id,
-                            output,
-                            c.log.0,
-                            c.usage.fuel_consumed as i64,
-                            c.usage.peak_memory_bytes as i64,
-                            c.usage.wall_time_us as i64,
-                            now_ms as i64
-                        ])?;
+                        record_finish(tx, &c, "succeeded", Some(output), None, now_ms)?;
                         d.succeeded += 1;
                         worker.0 += 1;
                         match phase_of(&phase) {
                             Phase::Map => d.map_succeeded += 1,
-                            Phase::Split => split_outputs.push((task_id, output)),
-                            Phase::Reduce => reduce_outputs.push((task_id, output)),
+                            Phase::Split => split_outputs.push((task_id, output.clone())),
+                            Phase::Reduce => reduce_outputs.push((task_id, output.clone())),
                         }
                     }
                     Outcome::Error { kind, message } => {
@@ -570,8 +586,8 @@ impl TaskStore for SqliteStore {
                              VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                         )?
                         .execute(params![c.subtask_id, c.attempt, worker_id, kind.as_str(), message, now_ms as i64])?;
-                        let host_trouble = matches!(kind, ErrorKind::Internal | ErrorKind::WorkerLost);
-                        let guest_retry = retry_on_error && !matches!(kind, ErrorKind::Cancelled | ErrorKind::InvalidModule);
+                        let host_trouble = matches!(*kind, ErrorKind::Internal | ErrorKind::WorkerLost);
+                        let guest_retry = retry_on_error && !matches!(*kind, ErrorKind::Cancelled | ErrorKind::InvalidModule);
                         if (host_trouble || guest_retry) && c.attempt < max_attempts {
                             let backoff = retry
                                 .base_backoff_ms
@@ -584,20 +600,7 @@ impl TaskStore for SqliteStore {
                             d.queued += 1;
                             done.new_work = true;
                         } else {
-                            tx.prepare_cached(
-                                "UPDATE subtasks SET state = 'failed', error_kind = ?2, error = ?3, log = ?4, fuel = ?5,
-                                    peak_memory = ?6, wall_us = ?7, finished_at = ?8 WHERE id = ?1",
-                            )?
-                            .execute(params![
-                                c.subtask_id,
-                                kind.as_str(),
-                                message,
-                                c.log.0,
-                                c.usage.fuel_consumed as i64,
-                                c.usage.peak_memory_bytes as i64,
-                                c.usage.wall_time_us as i64,
-                                now_ms as i64
-                            ])?;
+                            record_finish(tx, &c, "failed", None, Some((kind.as_str(), message)), now_ms)?;
                             d.failed += 1;
                             let subtask = format!("{phase} subtask {idx}");
                             let history = attempt_history(tx, c.subtask_id)?;
