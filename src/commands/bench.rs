@@ -7,10 +7,37 @@ use hivemind_runtime::{LoadedModule, RunRequest, Runtime, RuntimeConfig};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-/// The native baseline of the CPU-bound comparison: the very source the `primes` guest is built from.
+/// Native baselines of the CPU-bound comparisons: the very sources the guests are built from.
 #[allow(dead_code)]
 mod native {
-    include!("../../guest-examples/primes/src/algo.rs");
+    pub mod primes {
+        include!("../../guest-examples/primes/src/algo.rs");
+    }
+    pub mod mandelbrot {
+        include!("../../guest-examples/mandelbrot/src/algo.rs");
+    }
+}
+
+/// Best of three timings of the same computation natively and in the sandbox (fuel and epochs on);
+/// fails if the two disagree.
+fn compare(
+    runtime: &Runtime,
+    module: &LoadedModule,
+    input: &str,
+    native: impl Fn() -> String,
+) -> anyhow::Result<(Duration, Duration)> {
+    let (mut native_best, mut wasm_best) = (Duration::MAX, Duration::MAX);
+    for _ in 0..3 {
+        let start = Instant::now();
+        let expected = std::hint::black_box(native());
+        native_best = native_best.min(start.elapsed());
+        let request = RunRequest { input: input.to_owned().into_bytes().into(), ..RunRequest::default() };
+        let start = Instant::now();
+        let out = runtime.run(module, request).map_err(anyhow::Error::msg)?;
+        wasm_best = wasm_best.min(start.elapsed());
+        anyhow::ensure!(out.output == expected.as_bytes(), "native and wasm disagree on `{input}`");
+    }
+    Ok((native_best, wasm_best))
 }
 
 /// Run a benchmark and print its figures (`--json` for machine-readable output).
@@ -98,29 +125,20 @@ impl RuntimeBench {
         });
         let all_cores_per_s = (self.iterations * threads) as f64 / start.elapsed().as_secs_f64();
 
-        // CPU-bound: the same kernel natively and in the sandbox with fuel and epochs on.
+        // CPU-bound: the same kernels natively and in the sandbox with fuel and epochs on.
         let primes = runtime.load(&programs::read(programs::PRIMES)).map_err(anyhow::Error::msg)?;
-        let input = format!("1 {}", self.primes_to);
-        let mut native_best = Duration::MAX;
-        let mut wasm_best = Duration::MAX;
-        let mut answer = (0, String::new());
-        for _ in 0..3 {
-            let start = Instant::now();
-            answer.0 = std::hint::black_box(native::count_primes(1, std::hint::black_box(self.primes_to)));
-            native_best = native_best.min(start.elapsed());
-            let request = RunRequest { input: input.clone().into_bytes().into(), ..RunRequest::default() };
-            let start = Instant::now();
-            let out = runtime.run(&primes, request).map_err(anyhow::Error::msg)?;
-            wasm_best = wasm_best.min(start.elapsed());
-            answer.1 = String::from_utf8_lossy(&out.output).into_owned();
-        }
-        anyhow::ensure!(
-            answer.0.to_string() == answer.1,
-            "native and wasm disagree: {} vs {}",
-            answer.0,
-            answer.1
-        );
+        let to = self.primes_to;
+        let (native_best, wasm_best) = compare(&runtime, &primes, &format!("1 {to}"), || {
+            native::primes::count_primes(1, std::hint::black_box(to)).to_string()
+        })?;
         let ratio = wasm_best.as_secs_f64() / native_best.as_secs_f64();
+        let mandelbrot = runtime.load(&programs::read(programs::MANDELBROT)).map_err(anyhow::Error::msg)?;
+        let picture = "600 400 1000";
+        let (mandel_native, mandel_wasm) = compare(&runtime, &mandelbrot, picture, || {
+            let job = native::mandelbrot::parse(std::hint::black_box(picture.as_bytes())).expect("valid job");
+            native::mandelbrot::render(&job)
+        })?;
+        let mandel_ratio = mandel_wasm.as_secs_f64() / mandel_native.as_secs_f64();
 
         // Compiled-module cache: compile once into a fresh cache, then load from it in a new runtime.
         let dir = tempfile_dir()?;
@@ -153,6 +171,9 @@ impl RuntimeBench {
                 "wasm_native_ratio": ratio,
                 "primes_native_ms": ms(native_best),
                 "primes_wasm_ms": ms(wasm_best),
+                "mandelbrot_wasm_native_ratio": mandel_ratio,
+                "mandelbrot_native_ms": ms(mandel_native),
+                "mandelbrot_wasm_ms": ms(mandel_wasm),
                 "compile_ms": ms(compile),
                 "cache_load_ms": ms(cache_load),
             });
@@ -167,6 +188,11 @@ impl RuntimeBench {
                 self.primes_to,
                 ms(wasm_best),
                 ms(native_best)
+            );
+            println!(
+                "mandelbrot {picture} wasm/native {mandel_ratio:.2}× ({:.1} ms vs {:.1} ms)",
+                ms(mandel_wasm),
+                ms(mandel_native)
             );
             println!("wordcount compile             {:.2} ms", ms(compile));
             println!("wordcount cached load         {:.3} ms (no recompile)", ms(cache_load));
