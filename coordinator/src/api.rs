@@ -182,15 +182,15 @@ async fn store_module(state: AppState, stated: Option<ModuleId>, body: Body) -> 
             format!("module `{id}` is refused: {}", e.message),
         )
     })?;
+    let size = bytes.len();
     let created = {
         let id = id.clone();
         blocking(&state, move |c| c.store.put_module(id.as_str(), kind.as_str(), &bytes, now_ms())).await?
     };
-    let info = ModuleInfo { module_id: id.to_string(), size: 0, kind: kind.as_str().into(), created };
-    let size =
-        blocking(&state, move |c| c.store.module_info(id.as_str())).await?.map(|i| i.size).unwrap_or(0);
+    let info =
+        ModuleInfo { module_id: id.to_string(), size: size as u64, kind: kind.as_str().into(), created };
     let status = if created { StatusCode::CREATED } else { StatusCode::OK };
-    Ok(json(status, &ModuleInfo { size, ..info }))
+    Ok(json(status, &info))
 }
 
 async fn upload_module(State(state): State<AppState>, body: Body) -> ApiResult<Response> {
@@ -206,26 +206,27 @@ async fn put_module(
     store_module(state, Some(stated), body).await
 }
 
+/// Looks a module up with `find`, answering `404 module_not_found` when it is not uploaded.
+async fn find_module<T: Send + 'static>(
+    state: &AppState,
+    id: &str,
+    find: fn(&Coordinator, &str) -> Result<Option<T>, StoreError>,
+) -> ApiResult<T> {
+    let id = parse_module_id(id)?;
+    let key = id.to_string();
+    blocking(state, move |c| find(c, &key))
+        .await?
+        .ok_or_else(|| ApiError::not_found("module_not_found", format!("module `{id}` is not uploaded")))
+}
+
 async fn download_module(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
-    let id = parse_module_id(&id)?;
-    let bytes = blocking(&state, {
-        let id = id.clone();
-        move |c| c.store.module_bytes(id.as_str())
-    })
-    .await?
-    .ok_or_else(|| ApiError::not_found("module_not_found", format!("module `{id}` is not uploaded")))?;
+    let bytes = find_module(&state, &id, |c, id| c.store.module_bytes(id)).await?;
     state.metrics.module_downloads.inc();
     Ok(([(header::CONTENT_TYPE, "application/wasm")], bytes).into_response())
 }
 
 async fn module_info(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
-    let id = parse_module_id(&id)?;
-    let info = blocking(&state, {
-        let id = id.clone();
-        move |c| c.store.module_info(id.as_str())
-    })
-    .await?
-    .ok_or_else(|| ApiError::not_found("module_not_found", format!("module `{id}` is not uploaded")))?;
+    let info = find_module(&state, &id, |c, id| c.store.module_info(id)).await?;
     Ok(json(StatusCode::OK, &info))
 }
 
@@ -328,15 +329,10 @@ fn validate_submit(state: &Coordinator, req: SubmitTask) -> ApiResult<NewTask> {
 async fn submit_task(State(state): State<AppState>, body: Body) -> ApiResult<Response> {
     let req: SubmitTask = json_body(&state, body).await?;
     let task = validate_submit(&state, req)?;
-    let module_id = task.module_id.clone();
-    let known = blocking(&state, move |c| c.store.module_info(&module_id)).await?;
-    if known.is_none() {
-        return Err(ApiError::not_found(
-            "module_not_found",
-            format!("module `{}` is not uploaded: upload it first", task.module_id),
-        ));
-    }
-    let (status, created) = blocking(&state, move |c| c.store.submit(task, now_ms())).await?;
+    // The store checks that the module exists in the same transaction; its only NotFound is the module.
+    let (status, created) = blocking(&state, move |c| c.store.submit(task, now_ms())).await.map_err(|e| {
+        if e.status == StatusCode::NOT_FOUND { ApiError::not_found("module_not_found", e.message) } else { e }
+    })?;
     if created {
         state.metrics.tasks_submitted.inc();
         state.work_available();
