@@ -3,7 +3,7 @@
 
 use crate::error::ApiError;
 use crate::metrics::Gauges;
-use crate::store::{NewTask, RetryPolicy, StoreError, TaskFilter};
+use crate::store::{NewTask, RetryPolicy, StoreError, SubtaskFilter, TaskFilter};
 use crate::{Coordinator, now_ms};
 use axum::Router;
 use axum::body::{Body, Bytes};
@@ -11,11 +11,11 @@ use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
-use hivemind_proto::Limits;
 use hivemind_proto::api::{
-    CompleteBatch, Heartbeat, LeaseRequest, ModuleInfo, RegisterWorker, Registered, SubmitTask, TaskList,
-    TaskState, WorkerList,
+    CompleteBatch, Heartbeat, LeaseRequest, ModuleInfo, RegisterWorker, Registered, SubmitTask, SubtaskList,
+    TaskList, TaskState, WorkerList,
 };
+use hivemind_proto::{Limits, Phase};
 use hivemind_runtime::ModuleId;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -40,6 +40,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/tasks/{task_id}"),
     ("get", "/v1/tasks/{task_id}/wait"),
     ("get", "/v1/tasks/{task_id}/result"),
+    ("get", "/v1/tasks/{task_id}/subtasks"),
     ("post", "/v1/tasks/{task_id}/cancel"),
     ("post", "/v1/workers"),
     ("get", "/v1/workers"),
@@ -61,6 +62,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/tasks/{task_id}", get(task_status))
         .route("/v1/tasks/{task_id}/wait", get(wait_task))
         .route("/v1/tasks/{task_id}/result", get(task_result))
+        .route("/v1/tasks/{task_id}/subtasks", get(list_subtasks))
         .route("/v1/tasks/{task_id}/cancel", post(cancel_task))
         .route("/v1/workers", post(register_worker).get(list_workers))
         .route("/v1/workers/{worker_id}", axum::routing::delete(deregister_worker))
@@ -330,13 +332,18 @@ async fn submit_task(State(state): State<AppState>, body: Body) -> ApiResult<Res
     let req: SubmitTask = json_body(&state, body).await?;
     let task = validate_submit(&state, req)?;
     // The store checks that the module exists in the same transaction; its only NotFound is the module.
-    let (status, created) = blocking(&state, move |c| c.store.submit(task, now_ms())).await.map_err(|e| {
+    let (status, created) = blocking(&state, move |c| {
+        let (status, created) = c.store.submit(task, now_ms())?;
+        if created {
+            c.metrics.tasks_submitted.inc();
+            c.work_available();
+        }
+        Ok((status, created))
+    })
+    .await
+    .map_err(|e| {
         if e.status == StatusCode::NOT_FOUND { ApiError::not_found("module_not_found", e.message) } else { e }
     })?;
-    if created {
-        state.metrics.tasks_submitted.inc();
-        state.work_available();
-    }
     Ok(json(if created { StatusCode::CREATED } else { StatusCode::OK }, &status))
 }
 
@@ -462,6 +469,46 @@ async fn list_tasks(
     Ok(json(StatusCode::OK, &TaskList { tasks }))
 }
 
+async fn list_subtasks(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+) -> ApiResult<Response> {
+    validate_id(&id, "invalid_task_id")?;
+    reject_unknown_query(&query, &["phase", "state", "offset", "limit"])?;
+    let phase = match query.get("phase") {
+        None => None,
+        Some(p) => Some(p.parse::<Phase>().map_err(|_| {
+            ApiError::bad_request(
+                "invalid_query",
+                format!("unknown phase `{p}`: expected split, map or reduce"),
+            )
+        })?),
+    };
+    let subtask_state = match query.get("state").map(String::as_str) {
+        None => None,
+        Some(s @ ("queued" | "leased" | "succeeded" | "failed" | "cancelled")) => Some(s.to_owned()),
+        Some(s) => {
+            return Err(ApiError::bad_request(
+                "invalid_query",
+                format!(
+                    "unknown subtask state `{s}`: expected queued, leased, succeeded, failed or cancelled"
+                ),
+            ));
+        }
+    };
+    let offset = query_u64(&query, "offset", 0)?;
+    let limit = query_u64(&query, "limit", 100)?.clamp(1, 10_000) as u32;
+    let filter = SubtaskFilter { phase, state: subtask_state, offset, limit };
+    let subtasks = blocking(&state, {
+        let id = id.clone();
+        move |c| c.store.list_subtasks(&id, &filter)
+    })
+    .await?
+    .ok_or_else(|| task_not_found(&id))?;
+    Ok(json(StatusCode::OK, &SubtaskList { task_id: id, subtasks }))
+}
+
 // ---- workers -------------------------------------------------------------------------------------------
 
 async fn register_worker(State(state): State<AppState>, body: Body) -> ApiResult<Response> {
@@ -527,6 +574,9 @@ async fn lease(State(state): State<AppState>, Path(id): Path<String>, body: Body
             format!("max must be 1..={}, got {}", state.config.caps.max_lease_batch, req.max),
         ));
     }
+    if req.request_id.as_ref().is_some_and(|r| r.is_empty() || r.len() > 64) {
+        return Err(ApiError::bad_request("invalid_lease", "request_id must be 1 to 64 characters"));
+    }
     let deadline =
         tokio::time::Instant::now() + Duration::from_millis(req.wait_ms).min(state.config.max_wait);
     loop {
@@ -535,11 +585,15 @@ async fn lease(State(state): State<AppState>, Path(id): Path<String>, body: Body
         notified.as_mut().enable();
         let lease = blocking(&state, {
             let id = id.clone();
-            move |c| c.store.lease(&id, req.max, now_ms())
+            let request_id = req.request_id.clone();
+            move |c| {
+                let lease = c.store.lease(&id, req.max, request_id.as_deref(), now_ms())?;
+                c.metrics.subtasks_leased.add(lease.subtasks.len() as u64);
+                Ok(lease)
+            }
         })
         .await?;
         if !lease.subtasks.is_empty() || tokio::time::Instant::now() >= deadline {
-            state.metrics.subtasks_leased.add(lease.subtasks.len() as u64);
             return Ok(json(StatusCode::OK, &lease));
         }
         tokio::select! {
@@ -552,23 +606,24 @@ async fn lease(State(state): State<AppState>, Path(id): Path<String>, body: Body
 async fn complete(State(state): State<AppState>, Path(id): Path<String>, body: Body) -> ApiResult<Response> {
     validate_id(&id, "invalid_worker_id")?;
     let req: CompleteBatch = json_body(&state, body).await?;
-    let (ok, failed, fuel) =
-        req.completions.iter().fold((0u64, 0u64, 0u64), |(ok, failed, fuel), c| match c.outcome {
-            hivemind_proto::api::Outcome::Output(_) => (ok + 1, failed, fuel + c.usage.fuel_consumed),
-            hivemind_proto::api::Outcome::Error { .. } => (ok, failed + 1, fuel + c.usage.fuel_consumed),
-        });
     let retry = RetryPolicy {
         base_backoff_ms: state.config.retry_backoff.as_millis() as u64,
         ..RetryPolicy::default()
     };
-    let done = blocking(&state, move |c| c.store.complete(&id, req.completions, retry, now_ms())).await?;
-    state.metrics.subtasks_succeeded.add(ok);
-    state.metrics.subtasks_failed.add(failed);
-    state.metrics.fuel_consumed.add(fuel);
-    state.metrics.completions_refused.add(done.reply.refused.len() as u64);
-    if done.new_work {
-        state.work_available();
-    }
-    state.tasks_finished(done.finished_tasks.len());
+    // Metrics and wake-ups happen with the store call, which runs to the end even when the worker hangs up
+    // (a SIGKILLed worker's last batch is still recorded, so it must still be counted).
+    let done = blocking(&state, move |c| {
+        let done = c.store.complete(&id, req.completions, retry, now_ms())?;
+        c.metrics.subtasks_succeeded.add(done.succeeded);
+        c.metrics.subtasks_failed.add(done.failed);
+        c.metrics.fuel_consumed.add(done.fuel);
+        c.metrics.completions_refused.add(done.reply.refused.len() as u64);
+        if done.new_work {
+            c.work_available();
+        }
+        c.tasks_finished(done.finished_tasks.len());
+        Ok(done)
+    })
+    .await?;
     Ok(json(StatusCode::OK, &done.reply))
 }

@@ -149,6 +149,12 @@ pub async fn serve(
     let detector = {
         let coordinator = coordinator.clone();
         let period = (coordinator.config.heartbeat_interval / 2).max(Duration::from_millis(10));
+        tracing::info!(
+            heartbeat = ?coordinator.config.heartbeat_interval,
+            dead_after = ?coordinator.config.dead_after,
+            every = ?period,
+            "failure detector started"
+        );
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(period);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -33,6 +33,11 @@ fn operation(method: &str, path: &str) -> (&'static str, Option<&'static str>, &
         ("get", "/v1/tasks/{task_id}/result") => {
             ("The aggregated result of a finished task", None, "TaskResult")
         }
+        ("get", "/v1/tasks/{task_id}/subtasks") => (
+            "Per-subtask state, attempts, usage and errors (query: phase, state, offset, limit)",
+            None,
+            "SubtaskList",
+        ),
         ("post", "/v1/tasks/{task_id}/cancel") => ("Cancel a task", None, "TaskStatus"),
         ("post", "/v1/workers") => ("Register a worker", Some("RegisterWorker"), "Registered"),
         ("get", "/v1/workers") => ("List workers with resources, load and usage", None, "WorkerList"),
@@ -102,6 +107,12 @@ pub fn document() -> Value {
             "TaskList": object(json!({ "tasks": {"type": "array", "items": {"$ref": "#/components/schemas/TaskStatus"}} })),
             "TaskResult": object(json!({ "task_id": {"type": "string"}, "state": {"type": "string"},
                 "result": {"$ref": "#/components/schemas/Blob"}, "outputs": {"type": "array"} })),
+            "SubtaskList": object(json!({ "task_id": {"type": "string"}, "subtasks": {"type": "array", "items": object(json!({
+                "subtask_id": {"type": "integer"}, "phase": {"type": "string"}, "index": {"type": "integer"},
+                "state": {"type": "string"}, "attempt": {"type": "integer"}, "worker_id": {"type": ["string", "null"]},
+                "usage": {"type": ["object", "null"]}, "error_kind": {"type": ["string", "null"]},
+                "error": {"type": ["string", "null"]}, "attempts": {"type": "array"},
+                "finished_at_ms": {"type": ["integer", "null"]} }))} })),
             "ModuleInfo": object(json!({ "module_id": {"type": "string"}, "size": {"type": "integer"}, "kind": {"type": "string"} })),
             "RegisterWorker": object(json!({ "name": {"type": "string"}, "slots": {"type": "integer"},
                 "memory_bytes": {"type": "integer"}, "cores": {"type": "integer"}, "labels": {"type": "object"} })),

@@ -24,13 +24,24 @@ pub struct CoordinatorCmd {
     /// A worker silent this long is declared dead and its subtasks requeued.
     #[arg(long, value_parser = super::parse_duration, default_value = "3s")]
     pub dead_after: Duration,
+    /// Backoff before retrying a failed attempt (`retry_on_error`); doubled for each later attempt.
+    #[arg(long, value_parser = super::parse_duration, default_value = "100ms")]
+    pub retry_backoff: Duration,
 }
 
 impl CoordinatorCmd {
     pub async fn execute(self, global: &Global) -> anyhow::Result<ExitCode> {
+        if self.heartbeat.is_zero() || self.dead_after <= self.heartbeat {
+            anyhow::bail!(
+                "--dead-after ({:?}) must be longer than --heartbeat ({:?}), or every worker would be declared dead",
+                self.dead_after,
+                self.heartbeat
+            );
+        }
         let mut config = Config::new(&self.data_dir);
         config.heartbeat_interval = self.heartbeat;
         config.dead_after = self.dead_after;
+        config.retry_backoff = self.retry_backoff;
         let coordinator = Coordinator::open(config)?;
         let listener = tokio::net::TcpListener::bind(&self.listen)
             .await

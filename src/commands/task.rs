@@ -33,6 +33,18 @@ pub enum TaskCmd {
     Cancel {
         id: String,
     },
+    /// List a task's subtasks: state, attempt, worker, usage, error and earlier attempts.
+    #[command(
+        after_help = "Examples:\n  hivemind task subtasks 0193c8e2-…\n  hivemind task subtasks 0193c8e2-… --offset 100 --limit 50"
+    )]
+    Subtasks {
+        id: String,
+        /// Skip this many subtasks (phase, then index order).
+        #[arg(long, default_value_t = 0)]
+        offset: u64,
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
     /// List tasks, newest first.
     #[command(after_help = "Example:\n  hivemind task list --state running")]
     List {
@@ -126,6 +138,47 @@ impl TaskCmd {
                     super::print_json(&status)?
                 } else {
                     println!("{} {}", status.task_id, status.state)
+                }
+                Ok(ExitCode::SUCCESS)
+            }
+            TaskCmd::Subtasks { id, offset, limit } => {
+                let list = client.list_subtasks(&id, offset, limit).await?;
+                if global.json {
+                    super::print_json(&list)?;
+                    return Ok(ExitCode::SUCCESS);
+                }
+                println!(
+                    "{:<7} {:>7}  {:<9}  {:>7}  {:<16}  {:>10}  ERROR",
+                    "PHASE", "INDEX", "STATE", "ATTEMPT", "WORKER", "WALL"
+                );
+                for s in list.subtasks {
+                    let wall =
+                        s.usage.map(|u| format!("{:.1} ms", u.wall_time_us as f64 / 1e3)).unwrap_or_default();
+                    println!(
+                        "{:<7} {:>7}  {:<9}  {:>7}  {:<16}  {:>10}  {}",
+                        s.phase,
+                        s.index,
+                        s.state,
+                        s.attempt,
+                        s.worker_id.unwrap_or_default(),
+                        wall,
+                        s.error
+                            .map(|e| format!("{}: {e}", s.error_kind.unwrap_or_default()))
+                            .unwrap_or_default()
+                    );
+                    for a in s.attempts {
+                        println!(
+                            "{:<7} {:>7}  {:<9}  {:>7}  {:<16}  {:>10}  {}: {}",
+                            "",
+                            "",
+                            "earlier",
+                            a.attempt,
+                            a.worker_id.unwrap_or_default(),
+                            "",
+                            a.error_kind,
+                            a.error
+                        );
+                    }
                 }
                 Ok(ExitCode::SUCCESS)
             }

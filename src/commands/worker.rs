@@ -29,6 +29,9 @@ pub struct WorkerCmd {
     /// Most subtasks held at once (default: 512 per slot; the worker aims at ~100 ms of work in hand).
     #[arg(long)]
     pub prefetch: Option<u32>,
+    /// Name shown in `worker list` and the logs (default: the host name).
+    #[arg(long)]
+    pub name: Option<String>,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -78,6 +81,10 @@ impl WorkerCmd {
         }
         if let Some(prefetch) = self.prefetch {
             config.prefetch = prefetch.max(1);
+        }
+        if let Some(name) = self.name {
+            anyhow::ensure!(!name.is_empty() && name.len() <= 128, "--name must be 1 to 128 characters");
+            config.name = name;
         }
         config.labels = self.labels.into_iter().collect();
         config.cache_dir = self.cache_dir;

@@ -179,8 +179,13 @@ fn every_command_has_help_with_an_example() {
         &["task", "result", "--help"],
         &["task", "cancel", "--help"],
         &["task", "list", "--help"],
+        &["task", "subtasks", "--help"],
         &["demo", "--help"],
         &["bench", "--help"],
+        &["bench", "runtime", "--help"],
+        &["bench", "e2e", "--help"],
+        &["bench", "failover", "--help"],
+        &["bench", "heartbeats", "--help"],
     ] {
         let out = std::process::Command::new(BIN).args(args).output().expect("run");
         let text = String::from_utf8_lossy(&out.stdout);

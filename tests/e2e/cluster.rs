@@ -21,15 +21,36 @@ pub struct Cluster {
     pub data_dir: tempfile::TempDir,
     coordinator: Child,
     pub workers: Vec<Child>,
+    /// Extra coordinator flags, kept for restarts.
+    coordinator_args: Vec<String>,
 }
 
 impl Cluster {
     /// A coordinator with fast failure detection (heartbeat 200 ms, dead after 1 s) and no workers.
     pub fn coordinator_only() -> Cluster {
+        Cluster::coordinator_with(&[])
+    }
+
+    /// A coordinator started with extra flags, and no workers.
+    pub fn coordinator_with(args: &[&str]) -> Cluster {
         let data_dir = tempfile::tempdir().expect("temp dir");
-        let coordinator = spawn_coordinator(data_dir.path(), "127.0.0.1:0");
-        let (coordinator, url) = coordinator;
-        Cluster { url, data_dir, coordinator, workers: Vec::new() }
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        let (coordinator, url) = spawn_coordinator(data_dir.path(), "127.0.0.1:0", &args);
+        Cluster { url, data_dir, coordinator, workers: Vec::new(), coordinator_args: args }
+    }
+
+    /// SIGKILLs the coordinator (no chance to flush or say goodbye).
+    pub fn kill_coordinator(&mut self) {
+        self.coordinator.kill().expect("SIGKILL coordinator");
+        self.coordinator.wait().expect("reap coordinator");
+    }
+
+    /// Starts a coordinator again on the same address and data directory.
+    pub fn restart_coordinator(&mut self) {
+        let addr = self.url.trim_start_matches("http://").to_owned();
+        let (child, url) = spawn_coordinator(self.data_dir.path(), &addr, &self.coordinator_args);
+        assert_eq!(url, self.url);
+        self.coordinator = child;
     }
 
     /// A coordinator and `n` workers of `slots` slots each, all registered.
@@ -40,6 +61,18 @@ impl Cluster {
         }
         cluster.wait_for_workers(n);
         cluster
+    }
+
+    /// Process id of the `i`th worker started.
+    pub fn worker_pid(&self, i: usize) -> u32 {
+        self.workers[i].id()
+    }
+
+    /// SIGKILLs the `i`th worker and forgets it.
+    pub fn kill_worker(&mut self, i: usize) {
+        let mut worker = self.workers.remove(i);
+        worker.kill().expect("SIGKILL worker");
+        worker.wait().expect("reap worker");
     }
 
     pub fn add_worker(&mut self, slots: u32, extra: &[&str]) {
@@ -95,8 +128,14 @@ impl Drop for Cluster {
     }
 }
 
+/// Sends a signal (`STOP`, `CONT`, `TERM`, …) to a process.
+pub fn signal(pid: u32, name: &str) {
+    let status = Command::new("kill").arg(format!("-{name}")).arg(pid.to_string()).status().expect("kill");
+    assert!(status.success(), "kill -{name} {pid} failed");
+}
+
 /// Starts `hivemind coordinator` and reads the URL it prints (it listens on a port chosen at run time).
-pub fn spawn_coordinator(data_dir: &Path, listen: &str) -> (Child, String) {
+pub fn spawn_coordinator(data_dir: &Path, listen: &str, extra: &[String]) -> (Child, String) {
     let mut child = Command::new(BIN)
         .args([
             "--json",
@@ -110,6 +149,7 @@ pub fn spawn_coordinator(data_dir: &Path, listen: &str) -> (Child, String) {
             "--data-dir",
         ])
         .arg(data_dir)
+        .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())

@@ -3,6 +3,7 @@
 
 mod api;
 mod cluster;
+mod faults;
 mod tasks;
 
 pub use cluster::*;

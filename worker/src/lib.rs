@@ -79,6 +79,11 @@ struct Worker {
     worker_id: Mutex<String>,
     /// Set when the coordinator no longer knows this worker: the lease loop registers again.
     lost: AtomicBool,
+    /// Bumped at each registration: subtasks leased under an earlier one were requeued by the coordinator,
+    /// so those still waiting for a slot are dropped instead of run.
+    generation: AtomicU64,
+    /// Numbers lease requests (their `request_id`).
+    lease_seq: AtomicU64,
     /// Subtasks leased but not yet reported.
     in_flight: AtomicU32,
     running: AtomicU32,
@@ -113,6 +118,8 @@ pub async fn run(
         runtime,
         worker_id: Mutex::new(String::new()),
         lost: AtomicBool::new(true),
+        generation: AtomicU64::new(0),
+        lease_seq: AtomicU64::new(0),
         in_flight: AtomicU32::new(0),
         running: AtomicU32::new(0),
         heartbeat_ms: AtomicU64::new(1000),
@@ -202,6 +209,7 @@ impl Worker {
                 Ok(reg) => {
                     tracing::info!(worker = %reg.worker_id, coordinator = %self.client.url(), "registered");
                     *self.worker_id.lock() = reg.worker_id;
+                    self.generation.fetch_add(1, Ordering::SeqCst);
                     self.heartbeat_ms.store(reg.heartbeat_ms.max(10), Ordering::SeqCst);
                     self.lost.store(false, Ordering::SeqCst);
                     return;
@@ -217,8 +225,11 @@ impl Worker {
 
     async fn lease_loop(self: &Arc<Self>, stop: &watch::Receiver<bool>) {
         let mut failures = 0;
+        // A lease request whose answer was lost, to be sent again as is.
+        let mut retry: Option<LeaseRequest> = None;
         while !*stop.borrow() {
             if self.lost.load(Ordering::SeqCst) {
+                retry = None;
                 self.register(stop).await;
                 continue;
             }
@@ -237,10 +248,19 @@ impl Worker {
                 }
                 continue;
             }
-            let want = target - in_flight;
-            let wait = if in_flight == 0 { self.config.idle_wait } else { Duration::ZERO };
-            let req = LeaseRequest { max: want, wait_ms: wait.as_millis() as u64 };
             let id = self.id();
+            let req = match retry.take() {
+                Some(req) => req,
+                None => {
+                    let wait = if in_flight == 0 { self.config.idle_wait } else { Duration::ZERO };
+                    let request_id = self.lease_seq.fetch_add(1, Ordering::Relaxed).to_string();
+                    LeaseRequest {
+                        max: target - in_flight,
+                        wait_ms: wait.as_millis() as u64,
+                        request_id: Some(request_id),
+                    }
+                }
+            };
             let lease = tokio::select! {
                 lease = self.client.lease(&id, &req) => lease,
                 _ = stopped(stop) => break,
@@ -255,15 +275,24 @@ impl Worker {
                             _ = tokio::time::sleep(Duration::from_millis(200)) => {}
                         }
                     }
+                    let generation = self.generation.load(Ordering::SeqCst);
                     for subtask in lease.subtasks {
                         let Some(task) = lease.tasks.get(&subtask.task_id).cloned() else { continue };
                         self.in_flight.fetch_add(1, Ordering::SeqCst);
-                        tokio::spawn(self.clone().execute(subtask, task));
+                        tokio::spawn(self.clone().execute(subtask, task, generation));
                     }
                 }
                 Err(e) if e.code() == Some("worker_unknown") => {
                     tracing::warn!(worker = %id, "the coordinator declared this worker dead; registering again");
                     self.lost.store(true, Ordering::SeqCst);
+                }
+                Err(e) if e.maybe_delivered() => {
+                    // The coordinator may have leased subtasks for this request: ask again with the same
+                    // request id, which returns them instead of leaving them stranded with this worker.
+                    tracing::warn!(error = %e, "lease answer lost; asking again");
+                    retry = Some(req);
+                    tokio::time::sleep(backoff(failures)).await;
+                    failures += 1;
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "lease failed; retrying");
@@ -275,8 +304,15 @@ impl Worker {
     }
 
     /// Runs one leased subtask when a slot is free and queues its result.
-    async fn execute(self: Arc<Self>, subtask: LeasedSubtask, task: LeasedTask) {
+    async fn execute(self: Arc<Self>, subtask: LeasedSubtask, task: LeasedTask, generation: u64) {
         let permit = self.slots.acquire().await.expect("the slot semaphore is never closed");
+        if self.generation.load(Ordering::SeqCst) != generation || self.lost.load(Ordering::SeqCst) {
+            // Declared dead since the lease: the coordinator has requeued this subtask elsewhere.
+            tracing::debug!(subtask = subtask.subtask_id, "dropping a subtask of a lost registration");
+            self.in_flight.fetch_sub(1, Ordering::SeqCst);
+            self.slot_freed.notify_waiters();
+            return;
+        }
         let token = CancelToken::new();
         self.cancels.lock().insert(subtask.subtask_id, token.clone());
         self.running.fetch_add(1, Ordering::SeqCst);

@@ -8,9 +8,10 @@
 pub mod sqlite;
 
 use hivemind_proto::Limits;
+use hivemind_proto::Phase;
 use hivemind_proto::api::{
-    CompleteReply, Completion, HeartbeatReply, Lease, ModuleInfo, RegisterWorker, TaskResult, TaskState,
-    TaskStatus, WorkerInfo,
+    CompleteReply, Completion, HeartbeatReply, Lease, ModuleInfo, RegisterWorker, SubtaskInfo, TaskResult,
+    TaskState, TaskStatus, WorkerInfo,
 };
 use std::collections::BTreeMap;
 
@@ -55,10 +56,23 @@ pub struct TaskFilter {
     pub limit: u32,
 }
 
+/// Filters of `GET /v1/tasks/{id}/subtasks`: subtasks in phase then index order.
+#[derive(Debug, Clone, Default)]
+pub struct SubtaskFilter {
+    pub phase: Option<Phase>,
+    pub state: Option<String>,
+    pub offset: u64,
+    pub limit: u32,
+}
+
 /// What a batch of completions changed.
 #[derive(Debug, Clone, Default)]
 pub struct Completed {
     pub reply: CompleteReply,
+    /// Accepted completions that succeeded and that failed, and the fuel they consumed.
+    pub succeeded: u64,
+    pub failed: u64,
+    pub fuel: u64,
     /// Tasks that reached a final state with this batch.
     pub finished_tasks: Vec<String>,
     /// Whether new subtasks became runnable (split output, reduce step, retries).
@@ -94,10 +108,14 @@ pub trait TaskStore: Send + Sync {
     fn submit(&self, task: NewTask, now_ms: u64) -> StoreResult<(TaskStatus, bool)>;
     fn task_status(&self, id: &str) -> StoreResult<Option<TaskStatus>>;
     fn list_tasks(&self, filter: &TaskFilter) -> StoreResult<Vec<TaskStatus>>;
+    /// A task's subtasks with their attempts; `None` when the task does not exist.
+    fn list_subtasks(&self, task_id: &str, filter: &SubtaskFilter) -> StoreResult<Option<Vec<SubtaskInfo>>>;
     /// Cancels a task: queued subtasks are removed, running ones are flagged for their workers.
     fn cancel(&self, id: &str, now_ms: u64) -> StoreResult<Option<TaskStatus>>;
-    /// Leases up to `max` queued subtasks to a live worker: highest priority first, FIFO within one.
-    fn lease(&self, worker_id: &str, max: u32, now_ms: u64) -> StoreResult<Lease>;
+    /// Leases up to `max` queued subtasks to a live worker: highest priority first, FIFO within one. A
+    /// `request_id` that already leased subtasks to this worker returns those again instead (a retry after
+    /// a lost answer).
+    fn lease(&self, worker_id: &str, max: u32, request_id: Option<&str>, now_ms: u64) -> StoreResult<Lease>;
     /// Records a batch of completions, refusing those whose lease is no longer current (fencing).
     fn complete(
         &self,

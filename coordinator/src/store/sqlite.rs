@@ -7,7 +7,7 @@
 //! an fsync per commit.
 
 use super::*;
-use hivemind_proto::api::{Blob, LeasedSubtask, LeasedTask, Outcome, SubtaskCounts};
+use hivemind_proto::api::{AttemptInfo, Blob, LeasedSubtask, LeasedTask, Outcome, SubtaskCounts};
 use hivemind_proto::{ErrorKind, Phase, Usage, frame};
 use parking_lot::Mutex;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Transaction, params};
@@ -15,7 +15,10 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-const MIGRATIONS: [&str; 1] = [include_str!("../../migrations/sqlite/0001_initial.sql")];
+const MIGRATIONS: [&str; 2] = [
+    include_str!("../../migrations/sqlite/0001_initial.sql"),
+    include_str!("../../migrations/sqlite/0002_lease_requests.sql"),
+];
 
 /// How hard a commit tries to reach the disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -336,21 +339,65 @@ impl SqliteStore {
     }
 }
 
+/// The recorded failed attempts of a subtask, oldest first.
+fn attempts_of(conn: &Connection, subtask_id: i64) -> rusqlite::Result<Vec<AttemptInfo>> {
+    conn.prepare_cached(
+        "SELECT attempt, worker_id, error_kind, error, finished_at FROM attempts WHERE subtask_id = ?1
+         ORDER BY attempt",
+    )?
+    .query_map(params![subtask_id], |r| {
+        Ok(AttemptInfo {
+            attempt: r.get(0)?,
+            worker_id: r.get(1)?,
+            error_kind: r.get(2)?,
+            error: r.get(3)?,
+            finished_at_ms: r.get::<_, i64>(4)? as u64,
+        })
+    })?
+    .collect()
+}
+
 /// "attempt 1 on worker `w1`: worker_lost: …; attempt 2 on worker `w2`: …" for one subtask.
-fn attempt_history(tx: &Transaction<'_>, subtask_id: i64) -> rusqlite::Result<String> {
-    let rows: Vec<(i64, Option<String>, String, String)> = tx
-        .prepare_cached(
-            "SELECT attempt, worker_id, error_kind, error FROM attempts WHERE subtask_id = ?1 ORDER BY attempt",
-        )?
-        .query_map(params![subtask_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
-        .collect::<Result<_, _>>()?;
-    Ok(rows
+fn attempt_history(conn: &Connection, subtask_id: i64) -> rusqlite::Result<String> {
+    Ok(attempts_of(conn, subtask_id)?
         .into_iter()
-        .map(|(attempt, worker, kind, error)| {
-            format!("attempt {attempt} on worker `{}`: {kind}: {error}", worker.unwrap_or_default())
+        .map(|a| {
+            format!(
+                "attempt {} on worker `{}`: {}: {}",
+                a.attempt,
+                a.worker_id.unwrap_or_default(),
+                a.error_kind,
+                a.error
+            )
         })
         .collect::<Vec<_>>()
         .join("; "))
+}
+
+/// The lease answer for `rows` (priority, subtask): highest priority first, FIFO within one, with each
+/// task's module and limits. With `count`, moves the subtasks from queued to leased in their tasks' counts
+/// and marks the tasks running.
+fn lease_of(tx: &Transaction<'_>, mut rows: Vec<(i32, LeasedSubtask)>, count: bool) -> StoreResult<Lease> {
+    rows.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.subtask_id.cmp(&b.1.subtask_id)));
+    let mut lease = Lease::default();
+    let mut deltas: HashMap<String, i64> = HashMap::new();
+    for (_, subtask) in rows {
+        *deltas.entry(subtask.task_id.clone()).or_default() += 1;
+        lease.subtasks.push(subtask);
+    }
+    for (task_id, n) in deltas {
+        if count {
+            Delta { queued: -n, leased: n, ..Delta::default() }.apply(tx, &task_id)?;
+            tx.prepare_cached("UPDATE tasks SET state = 'running' WHERE id = ?1 AND state = 'queued'")?
+                .execute(params![task_id])?;
+        }
+        let (module_id, limits): (String, String) = tx
+            .prepare_cached("SELECT module_id, limits FROM tasks WHERE id = ?1")?
+            .query_row(params![task_id], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        let limits = serde_json::from_str(&limits).map_err(|e| StoreError::Backend(e.to_string()))?;
+        lease.tasks.insert(task_id, LeasedTask { module_id, limits });
+    }
+    Ok(lease)
 }
 
 impl ModuleStore for SqliteStore {
@@ -468,6 +515,58 @@ impl TaskStore for SqliteStore {
         })
     }
 
+    fn list_subtasks(&self, task_id: &str, filter: &SubtaskFilter) -> StoreResult<Option<Vec<SubtaskInfo>>> {
+        self.read(|conn| {
+            if Self::status_in(conn, task_id)?.is_none() {
+                return Ok(None);
+            }
+            let mut stmt = conn.prepare_cached(
+                "SELECT id, phase, idx, state, attempt, worker_id, fuel, peak_memory, wall_us, error_kind, error,
+                    finished_at
+                 FROM subtasks WHERE task_id = ?1 AND (?2 IS NULL OR phase = ?2) AND (?3 IS NULL OR state = ?3)
+                 ORDER BY CASE phase WHEN 'split' THEN 0 WHEN 'map' THEN 1 ELSE 2 END, idx
+                 LIMIT ?4 OFFSET ?5",
+            )?;
+            let rows = stmt.query_map(
+                params![
+                    task_id,
+                    filter.phase.map(Phase::as_str),
+                    filter.state,
+                    filter.limit.max(1),
+                    filter.offset as i64
+                ],
+                |r| {
+                    let fuel: Option<i64> = r.get(6)?;
+                    Ok(SubtaskInfo {
+                        subtask_id: r.get(0)?,
+                        phase: r.get(1)?,
+                        index: r.get::<_, i64>(2)? as u64,
+                        state: r.get(3)?,
+                        attempt: r.get(4)?,
+                        worker_id: r.get(5)?,
+                        usage: match fuel {
+                            Some(fuel) => Some(Usage {
+                                fuel_consumed: fuel as u64,
+                                peak_memory_bytes: r.get::<_, i64>(7)? as u64,
+                                wall_time_us: r.get::<_, i64>(8)? as u64,
+                            }),
+                            None => None,
+                        },
+                        error_kind: r.get(9)?,
+                        error: r.get(10)?,
+                        attempts: Vec::new(),
+                        finished_at_ms: r.get::<_, Option<i64>>(11)?.map(|t| t as u64),
+                    })
+                },
+            )?;
+            let mut subtasks = rows.collect::<rusqlite::Result<Vec<_>>>()?;
+            for s in &mut subtasks {
+                s.attempts = attempts_of(conn, s.subtask_id)?;
+            }
+            Ok(Some(subtasks))
+        })
+    }
+
     fn cancel(&self, id: &str, now_ms: u64) -> StoreResult<Option<TaskStatus>> {
         self.write(|tx| {
             if Self::status_in(tx, id)?.is_none() {
@@ -478,7 +577,7 @@ impl TaskStore for SqliteStore {
         })
     }
 
-    fn lease(&self, worker_id: &str, max: u32, now_ms: u64) -> StoreResult<Lease> {
+    fn lease(&self, worker_id: &str, max: u32, request_id: Option<&str>, now_ms: u64) -> StoreResult<Lease> {
         self.write(|tx| {
             let alive: Option<String> = tx
                 .prepare_cached("SELECT state FROM workers WHERE id = ?1")?
@@ -487,46 +586,41 @@ impl TaskStore for SqliteStore {
             if alive.as_deref() != Some("alive") {
                 return Err(StoreError::UnknownWorker(worker_id.to_owned()));
             }
-            let mut rows: Vec<(i32, LeasedSubtask)> = tx
+            let leased_row = |r: &rusqlite::Row<'_>| {
+                let subtask = LeasedSubtask {
+                    subtask_id: r.get(0)?,
+                    task_id: r.get(1)?,
+                    phase: phase_of(&r.get::<_, String>(2)?),
+                    index: u64_at(r, 3)?,
+                    attempt: r.get(4)?,
+                    input: Blob(r.get(5)?),
+                };
+                Ok((r.get::<_, i32>(6)?, subtask))
+            };
+            if let Some(request_id) = request_id {
+                // A repeated request whose first answer was lost: the same subtasks again.
+                let again: Vec<(i32, LeasedSubtask)> = tx
+                    .prepare_cached(
+                        "SELECT id, task_id, phase, idx, attempt, input, priority FROM subtasks
+                         WHERE worker_id = ?1 AND state = 'leased' AND lease_id = ?2",
+                    )?
+                    .query_map(params![worker_id, request_id], leased_row)?
+                    .collect::<Result<_, _>>()?;
+                if !again.is_empty() {
+                    return lease_of(tx, again, false);
+                }
+            }
+            let rows: Vec<(i32, LeasedSubtask)> = tx
                 .prepare_cached(
-                    "UPDATE subtasks SET state = 'leased', worker_id = ?1, attempt = attempt + 1
+                    "UPDATE subtasks SET state = 'leased', worker_id = ?1, attempt = attempt + 1, lease_id = ?4
                      WHERE id IN (SELECT id FROM subtasks WHERE state = 'queued'
                                   AND (not_before IS NULL OR not_before <= ?2)
                                   ORDER BY priority DESC, id LIMIT ?3)
                      RETURNING id, task_id, phase, idx, attempt, input, priority",
                 )?
-                .query_map(params![worker_id, now_ms as i64, max], |r| {
-                    let subtask = LeasedSubtask {
-                        subtask_id: r.get(0)?,
-                        task_id: r.get(1)?,
-                        phase: phase_of(&r.get::<_, String>(2)?),
-                        index: u64_at(r, 3)?,
-                        attempt: r.get(4)?,
-                        input: Blob(r.get(5)?),
-                    };
-                    Ok((r.get(6)?, subtask))
-                })?
+                .query_map(params![worker_id, now_ms as i64, max, request_id], leased_row)?
                 .collect::<Result<_, _>>()?;
-            rows.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.subtask_id.cmp(&b.1.subtask_id)));
-            let mut lease = Lease::default();
-            let mut deltas: HashMap<String, i64> = HashMap::new();
-            for (_, subtask) in rows {
-                *deltas.entry(subtask.task_id.clone()).or_default() += 1;
-                lease.subtasks.push(subtask);
-            }
-            for (task_id, n) in deltas {
-                Delta { queued: -n, leased: n, ..Delta::default() }.apply(tx, &task_id)?;
-                let (module_id, limits): (String, String) = tx
-                    .prepare_cached("UPDATE tasks SET state = 'running' WHERE id = ?1 AND state = 'queued'")?
-                    .execute(params![task_id])
-                    .and_then(|_| {
-                        tx.prepare_cached("SELECT module_id, limits FROM tasks WHERE id = ?1")?
-                            .query_row(params![task_id], |r| Ok((r.get(0)?, r.get(1)?)))
-                    })?;
-                let limits = serde_json::from_str(&limits).map_err(|e| StoreError::Backend(e.to_string()))?;
-                lease.tasks.insert(task_id, LeasedTask { module_id, limits });
-            }
-            Ok(lease)
+            lease_of(tx, rows, true)
         })
     }
 
@@ -613,6 +707,7 @@ impl TaskStore for SqliteStore {
                 deltas[task_id].apply(tx, task_id)?;
             }
             let (completed, failed, usage) = worker;
+            (done.succeeded, done.failed, done.fuel) = (completed as u64, failed as u64, usage.fuel_consumed);
             tx.prepare_cached(
                 "UPDATE workers SET completed = completed + ?2, failed = failed + ?3, fuel = fuel + ?4,
                     wall_us = wall_us + ?5, peak_memory = MAX(peak_memory, ?6) WHERE id = ?1",
@@ -909,9 +1004,27 @@ mod tests {
         store.submit(task("low", 1, 2), 0).expect("submit");
         store.submit(task("high", 5, 2), 0).expect("submit");
         worker(&store, "w", 0);
-        let lease = store.lease("w", 3, 0).expect("lease");
+        let lease = store.lease("w", 3, None, 0).expect("lease");
         let inputs: Vec<Vec<u8>> = lease.subtasks.iter().map(|s| s.input.0.clone()).collect();
         assert_eq!(inputs, vec![b"high-0".to_vec(), b"high-1".to_vec(), b"low-0".to_vec()]);
+    }
+
+    #[test]
+    fn repeated_lease_request_returns_the_same_subtasks() {
+        let (_dir, store) = store();
+        store.submit(task("t", 0, 5), 0).expect("submit");
+        worker(&store, "w", 0);
+        let first = store.lease("w", 2, Some("r1"), 0).expect("lease");
+        let again = store.lease("w", 2, Some("r1"), 0).expect("lease again");
+        assert_eq!(first, again, "a repeated request leases nothing new");
+        let counts = store.task_status("t").expect("status").expect("task").subtasks;
+        assert_eq!((counts.queued, counts.leased), (3, 2));
+        let next = store.lease("w", 2, Some("r2"), 0).expect("next lease");
+        let ids: Vec<i64> = next.subtasks.iter().map(|s| s.subtask_id).collect();
+        assert!(ids.iter().all(|id| first.subtasks.iter().all(|s| s.subtask_id != *id)));
+        // Another worker's request id does not see them.
+        worker(&store, "w2", 0);
+        assert_eq!(store.lease("w2", 1, Some("r1"), 0).expect("lease").subtasks[0].input.0, b"t-4");
     }
 
     #[test]
@@ -919,7 +1032,7 @@ mod tests {
         let (_dir, store) = store();
         store.submit(task("t", 0, 1), 0).expect("submit");
         worker(&store, "w", 0);
-        let leased = store.lease("w", 1, 0).expect("lease").subtasks.remove(0);
+        let leased = store.lease("w", 1, None, 0).expect("lease").subtasks.remove(0);
         let done =
             store.complete("w", vec![ok(leased.subtask_id, 2)], RetryPolicy::default(), 1).expect("complete");
         assert_eq!(done.reply.refused, vec![leased.subtask_id], "wrong attempt");
@@ -940,14 +1053,14 @@ mod tests {
         let (_dir, store) = store();
         store.submit(task("t", 0, 1), 0).expect("submit");
         worker(&store, "w", 0);
-        store.lease("w", 1, 0).expect("lease");
+        store.lease("w", 1, None, 0).expect("lease");
         let spared = store.expire_workers(1_000, &["w".to_string()], 5_000).expect("expire");
         assert!(spared.is_empty(), "a worker heard from recently is spared");
         let dead = store.expire_workers(1_000, &[], 5_000).expect("expire");
         assert_eq!(dead, vec![("w".to_string(), 1)]);
         assert!(matches!(store.heartbeat("w", 0, 5_001), Err(StoreError::UnknownWorker(_))));
         worker(&store, "w2", 5_000);
-        let again = store.lease("w2", 1, 5_000).expect("lease").subtasks.remove(0);
+        let again = store.lease("w2", 1, None, 5_000).expect("lease").subtasks.remove(0);
         assert_eq!(again.attempt, 2, "the requeued subtask carries the next attempt number");
     }
 }

@@ -1,6 +1,8 @@
 //! A synchronous wrapper of [`crate::Client`] for code without an async runtime.
 
-use crate::{Error, ModuleInfo, SubmitTask, TaskList, TaskResult, TaskState, TaskStatus, WorkerList};
+use crate::{
+    Error, ModuleInfo, SubmitTask, SubtaskList, TaskList, TaskResult, TaskState, TaskStatus, WorkerList,
+};
 use std::time::Duration;
 
 /// The blocking client: each call runs the async client on a private single-threaded runtime.
@@ -56,6 +58,10 @@ impl Client {
 
     pub fn list_tasks(&self, state: Option<TaskState>, limit: u32) -> Result<TaskList, Error> {
         self.runtime.block_on(self.inner.list_tasks(state, limit))
+    }
+
+    pub fn list_subtasks(&self, task_id: &str, offset: u64, limit: u32) -> Result<SubtaskList, Error> {
+        self.runtime.block_on(self.inner.list_subtasks(task_id, offset, limit))
     }
 
     pub fn list_workers(&self) -> Result<WorkerList, Error> {

@@ -35,9 +35,11 @@ pub enum Error {
     /// The coordinator answered with an error body.
     #[error("{message} ({code}, HTTP {status})")]
     Api { status: u16, code: String, message: String },
-    /// No coordinator could be reached.
+    /// No coordinator could be reached, or none answered in time. `maybe_delivered` is false when the
+    /// connection itself failed (the request certainly did not arrive), true when the request was sent and
+    /// the answer was lost: the coordinator may have acted on it.
     #[error("cannot reach the coordinator at {url}: {message}")]
-    Unreachable { url: String, message: String },
+    Unreachable { url: String, message: String, maybe_delivered: bool },
     #[error("invalid coordinator URL `{0}`")]
     InvalidUrl(String),
     #[error("unexpected response: {0}")]
@@ -60,6 +62,11 @@ impl Error {
     /// Whether the call failed because no coordinator answered (worth retrying later).
     pub fn is_unreachable(&self) -> bool {
         matches!(self, Error::Unreachable { .. })
+    }
+
+    /// Whether the request may have been carried out although no answer arrived.
+    pub fn maybe_delivered(&self) -> bool {
+        matches!(self, Error::Unreachable { maybe_delivered: true, .. })
     }
 }
 
@@ -134,7 +141,10 @@ impl Client {
                     self.inner.current.store(idx, Ordering::Relaxed);
                     return Ok(resp);
                 }
-                Err(e) => last = Some(Error::Unreachable { url, message: error_chain(&e) }),
+                Err(e) => {
+                    let maybe_delivered = !e.is_connect();
+                    last = Some(Error::Unreachable { url, message: error_chain(&e), maybe_delivered });
+                }
             }
         }
         Err(last.unwrap_or_else(|| Error::InvalidUrl(String::new())))
@@ -229,6 +239,12 @@ impl Client {
         self.call(Method::POST, &format!("/v1/tasks/{task_id}/cancel"), None::<&()>, Self::TIMEOUT).await
     }
 
+    /// A page of a task's subtasks (phase then index order) with their attempts, usage and errors.
+    pub async fn list_subtasks(&self, task_id: &str, offset: u64, limit: u32) -> Result<SubtaskList, Error> {
+        let path = format!("/v1/tasks/{task_id}/subtasks?offset={offset}&limit={limit}");
+        self.call(Method::GET, &path, None::<&()>, Self::TIMEOUT).await
+    }
+
     /// Lists tasks, newest first, optionally only those in `state`.
     pub async fn list_tasks(&self, state: Option<TaskState>, limit: u32) -> Result<TaskList, Error> {
         let mut path = format!("/v1/tasks?limit={limit}");
@@ -316,6 +332,11 @@ async fn decode<T: DeserializeOwned>(resp: reqwest::Response) -> Result<T, Error
     if !status.is_success() && status != StatusCode::NOT_MODIFIED {
         return Err(api_error(resp).await);
     }
-    let bytes = resp.bytes().await.map_err(|e| Error::Protocol(error_chain(&e)))?;
+    let url = resp.url().to_string();
+    let bytes = resp.bytes().await.map_err(|e| Error::Unreachable {
+        url,
+        message: format!("the answer was cut off: {}", error_chain(&e)),
+        maybe_delivered: true,
+    })?;
     serde_json::from_slice(&bytes).map_err(|e| Error::Protocol(format!("invalid response body: {e}")))
 }

@@ -204,6 +204,46 @@ pub struct TaskResult {
     pub outputs: Option<Vec<Option<Blob>>>,
 }
 
+/// One subtask in `GET /v1/tasks/{id}/subtasks`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SubtaskInfo {
+    pub subtask_id: i64,
+    /// `split`, `map` or `reduce`.
+    pub phase: String,
+    /// Position among the task's subtasks of this phase (input order for `map`).
+    pub index: u64,
+    /// `queued`, `leased`, `succeeded`, `failed` or `cancelled`.
+    pub state: String,
+    /// Number of the current (or last) attempt; 0 before the first lease.
+    pub attempt: u32,
+    /// The worker holding the current lease, or the one that ran the last attempt.
+    pub worker_id: Option<String>,
+    /// Usage of the attempt that finished the subtask.
+    pub usage: Option<Usage>,
+    pub error_kind: Option<String>,
+    pub error: Option<String>,
+    /// Earlier attempts that did not produce the recorded outcome (lost workers, retried errors).
+    pub attempts: Vec<AttemptInfo>,
+    pub finished_at_ms: Option<u64>,
+}
+
+/// An attempt of a subtask that ended without producing its recorded outcome.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct AttemptInfo {
+    pub attempt: u32,
+    pub worker_id: Option<String>,
+    pub error_kind: String,
+    pub error: String,
+    pub finished_at_ms: u64,
+}
+
+/// `GET /v1/tasks/{id}/subtasks`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SubtaskList {
+    pub task_id: String,
+    pub subtasks: Vec<SubtaskInfo>,
+}
+
 /// `GET /v1/tasks`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct TaskList {
@@ -243,13 +283,17 @@ pub struct HeartbeatReply {
 }
 
 /// `POST /v1/workers/{id}/lease`.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct LeaseRequest {
     pub max: u32,
     /// Long-poll: how long to wait for work when none is queued.
     #[serde(default)]
     pub wait_ms: u64,
+    /// Names this request (unique per worker registration). Sent again after an answer was lost, it returns
+    /// the subtasks the first try leased instead of leasing more, so none is stranded with the worker.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
 }
 
 /// One leased subtask.

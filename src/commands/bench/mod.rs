@@ -7,14 +7,19 @@ use hivemind_runtime::{LoadedModule, RunRequest, Runtime, RuntimeConfig};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+mod faults;
+mod local;
+
+use local::{LocalCluster, peak_rss_mb};
+
 /// Native baselines of the CPU-bound comparisons: the very sources the guests are built from.
 #[allow(dead_code)]
 mod native {
     pub mod primes {
-        include!("../../guest-examples/primes/src/algo.rs");
+        include!("../../../guest-examples/primes/src/algo.rs");
     }
     pub mod mandelbrot {
-        include!("../../guest-examples/mandelbrot/src/algo.rs");
+        include!("../../../guest-examples/mandelbrot/src/algo.rs");
     }
 }
 
@@ -57,6 +62,10 @@ pub enum Which {
     /// End to end: a coordinator and workers as real processes, throughput of one big `echo` task and the
     /// round-trip latency of single-subtask tasks.
     E2e(E2eBench),
+    /// Failure detection: time from a worker's SIGKILL until its subtask runs on another worker.
+    Failover(faults::FailoverBench),
+    /// Coordinator CPU spent on heartbeats of many simulated workers holding many leases each.
+    Heartbeats(faults::HeartbeatBench),
 }
 
 impl Bench {
@@ -64,11 +73,16 @@ impl Bench {
         match self.which {
             Which::Runtime(b) => b.execute(global),
             Which::E2e(b) => super::async_main(b.execute(global)),
+            Which::Failover(b) => super::async_main(b.execute(global)),
+            Which::Heartbeats(b) => super::async_main(b.execute(global)),
         }
     }
 }
 
 #[derive(Debug, clap::Args)]
+#[command(
+    after_help = "Examples:\n  hivemind bench runtime\n  hivemind bench runtime --json --iterations 50000"
+)]
 pub struct RuntimeBench {
     /// `echo` subtasks per thread.
     #[arg(long, default_value_t = 20_000)]
@@ -208,6 +222,9 @@ fn tempfile_dir() -> anyhow::Result<std::path::PathBuf> {
 }
 
 #[derive(Debug, clap::Args)]
+#[command(
+    after_help = "Examples:\n  hivemind bench e2e\n  hivemind bench e2e --subtasks 1000000 --latency-samples 0 --json"
+)]
 pub struct E2eBench {
     /// Subtasks of the throughput task.
     #[arg(long, default_value_t = 100_000)]
@@ -223,63 +240,17 @@ pub struct E2eBench {
     pub latency_samples: usize,
 }
 
-/// A child process killed on drop.
-struct Proc(std::process::Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Peak resident memory of a process, from /proc (Linux).
-fn peak_rss_mb(pid: u32) -> Option<f64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb / 1024.0)
-}
-
 impl E2eBench {
     pub async fn execute(self, global: &Global) -> anyhow::Result<ExitCode> {
-        use hivemind_client::{Blob, Client, SubmitTask, TaskState};
-        use std::io::BufRead;
-        use std::process::{Command, Stdio};
+        use hivemind_client::{Blob, SubmitTask, TaskState};
 
-        let exe = std::env::current_exe()?;
-        let data_dir = std::env::temp_dir().join(format!("hivemind-bench-e2e-{}", std::process::id()));
-        let mut coordinator = Command::new(&exe)
-            .args(["--json", "coordinator", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(&data_dir)
-            .stdout(Stdio::piped())
-            .stdin(Stdio::null())
-            .spawn()?;
-        let stdout = coordinator.stdout.take().expect("piped stdout");
-        let coordinator = Proc(coordinator);
-        let mut line = String::new();
-        std::io::BufReader::new(stdout).read_line(&mut line)?;
-        let url = serde_json::from_str::<serde_json::Value>(&line)?["listening"]
-            .as_str()
-            .ok_or_else(|| anyhow::anyhow!("the coordinator did not print its address"))?
-            .to_owned();
-        let slots = self.slots.unwrap_or_else(|| num_cpus::get() as u32).to_string();
-        let _workers: Vec<Proc> = (0..self.workers)
-            .map(|_| {
-                Command::new(&exe)
-                    .args(["worker", "--coordinator", &url, "--slots", &slots])
-                    .stdin(Stdio::null())
-                    .stderr(Stdio::null())
-                    .spawn()
-                    .map(Proc)
-            })
-            .collect::<Result<_, _>>()?;
-        let client = Client::new(&url)?;
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while client.list_workers().await?.workers.len() < self.workers {
-            anyhow::ensure!(Instant::now() < deadline, "workers did not register");
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        let mut cluster = LocalCluster::start("e2e", &[])?;
+        let slots = self.slots.unwrap_or_else(|| num_cpus::get() as u32);
+        for _ in 0..self.workers {
+            cluster.add_worker(slots, &[])?;
         }
+        cluster.wait_for_workers(self.workers).await?;
+        let client = cluster.client()?;
         let module_id = client.upload_module(programs::read(programs::ECHO)).await?.module_id;
 
         // Warm-up: every worker compiles the module.
@@ -331,9 +302,8 @@ impl E2eBench {
             anyhow::ensure!(result.outputs.is_some(), "latency task without result");
         }
         latencies.sort();
-        let rss = peak_rss_mb(coordinator.0.id()).unwrap_or(0.0);
-        drop(coordinator);
-        let _ = std::fs::remove_dir_all(&data_dir);
+        let rss = peak_rss_mb(cluster.coordinator.pid()).unwrap_or(0.0);
+        drop(cluster);
 
         let ms = |d: Duration| d.as_secs_f64() * 1e3;
         let (p50, p99) = if latencies.is_empty() {
