@@ -3,7 +3,7 @@
 
 use crate::error::ApiError;
 use crate::metrics::Gauges;
-use crate::store::{NewTask, RetryPolicy, StoreError, SubtaskFilter, TaskFilter};
+use crate::store::{NewTask, RetryPolicy, StoreError, SubtaskFilter, TaskFilter, labels_match};
 use crate::{Coordinator, now_ms};
 use axum::Router;
 use axum::body::{Body, Bytes};
@@ -13,8 +13,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use hivemind_proto::api::{
     CompleteBatch, Heartbeat, LeaseRequest, ModuleInfo, RegisterWorker, Registered, SubmitTask, SubtaskList,
-    TaskList, TaskState, WorkerList,
+    TaskList, TaskState, WorkerInfo, WorkerList,
 };
+use hivemind_proto::units::format_size;
 use hivemind_proto::{Limits, Phase};
 use hivemind_runtime::ModuleId;
 use serde::Serialize;
@@ -297,11 +298,19 @@ fn validate_submit(state: &Coordinator, req: SubmitTask) -> ApiResult<NewTask> {
             format!("max_attempts {max_attempts} is outside 1..={}", caps.max_attempts),
         ));
     }
-    if req.labels.len() > caps.max_labels {
-        return Err(ApiError::bad_request(
-            "too_many_labels",
-            format!("{} labels exceed the limit of {}", req.labels.len(), caps.max_labels),
-        ));
+    for (what, labels) in [("labels", &req.labels), ("requires", &req.requires)] {
+        if labels.len() > caps.max_labels {
+            return Err(ApiError::bad_request(
+                "too_many_labels",
+                format!("{} {what} exceed the limit of {}", labels.len(), caps.max_labels),
+            ));
+        }
+        if let Some(k) = labels.keys().find(|k| k.is_empty() || k.len() > 128) {
+            return Err(ApiError::bad_request(
+                "invalid_label",
+                format!("{what} key `{k}` must have 1 to 128 bytes"),
+            ));
+        }
     }
     if let Some(key) = &req.idempotency_key
         && (key.is_empty() || key.len() > 256)
@@ -322,10 +331,42 @@ fn validate_submit(state: &Coordinator, req: SubmitTask) -> ApiResult<NewTask> {
         split: req.split,
         reduce: req.reduce,
         labels: req.labels,
+        requires: req.requires,
         idempotency_key: req.idempotency_key,
         deadline_at_ms: req.deadline_ms.map(|d| now_ms().saturating_add(d)),
         inputs: req.inputs.into_iter().map(|b| b.0).collect(),
     })
+}
+
+/// Refuses a task no live worker can ever run: its memory limit exceeds every worker's budget, or no worker
+/// carries the labels it requires. With no live worker at all the task is accepted (workers may come).
+fn check_placeable(task: &NewTask, workers: &[WorkerInfo]) -> ApiResult<()> {
+    let alive: Vec<&WorkerInfo> = workers.iter().filter(|w| w.state == "alive").collect();
+    if alive.is_empty() {
+        return Ok(());
+    }
+    let labelled: Vec<&&WorkerInfo> =
+        alive.iter().filter(|w| labels_match(&task.requires, &w.labels)).collect();
+    if labelled.is_empty() {
+        let wanted: Vec<String> = task.requires.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        return Err(ApiError::unprocessable(
+            "unplaceable",
+            format!("no live worker carries the required labels {}", wanted.join(", ")),
+        ));
+    }
+    let largest = labelled.iter().map(|w| w.memory_bytes).max().unwrap_or(0);
+    if task.limits.memory_bytes > largest {
+        return Err(ApiError::unprocessable(
+            "unplaceable",
+            format!(
+                "the memory limit of {} exceeds every live worker's memory budget (the largest{} is {})",
+                format_size(task.limits.memory_bytes),
+                if task.requires.is_empty() { "" } else { " with the required labels" },
+                format_size(largest)
+            ),
+        ));
+    }
+    Ok(())
 }
 
 async fn submit_task(State(state): State<AppState>, body: Body) -> ApiResult<Response> {
@@ -333,17 +374,20 @@ async fn submit_task(State(state): State<AppState>, body: Body) -> ApiResult<Res
     let task = validate_submit(&state, req)?;
     // The store checks that the module exists in the same transaction; its only NotFound is the module.
     let (status, created) = blocking(&state, move |c| {
+        if let Err(refused) = check_placeable(&task, &c.store.list_workers()?) {
+            return Ok(Err(refused));
+        }
         let (status, created) = c.store.submit(task, now_ms())?;
         if created {
             c.metrics.tasks_submitted.inc();
             c.work_available();
         }
-        Ok((status, created))
+        Ok(Ok((status, created)))
     })
     .await
     .map_err(|e| {
         if e.status == StatusCode::NOT_FOUND { ApiError::not_found("module_not_found", e.message) } else { e }
-    })?;
+    })??;
     Ok(json(if created { StatusCode::CREATED } else { StatusCode::OK }, &status))
 }
 
@@ -561,7 +605,9 @@ async fn heartbeat(State(state): State<AppState>, Path(id): Path<String>, body: 
     validate_id(&id, "invalid_worker_id")?;
     let req: Heartbeat = json_body(&state, body).await?;
     state.heard_from(&id);
-    let reply = blocking(&state, move |c| c.store.heartbeat(&id, req.running, now_ms())).await?;
+    let reply =
+        blocking(&state, move |c| c.store.heartbeat(&id, req.running, req.resources.as_ref(), now_ms()))
+            .await?;
     Ok(json(StatusCode::OK, &reply))
 }
 
@@ -579,6 +625,7 @@ async fn lease(State(state): State<AppState>, Path(id): Path<String>, body: Body
     }
     let deadline =
         tokio::time::Instant::now() + Duration::from_millis(req.wait_ms).min(state.config.max_wait);
+    let mut polling = None;
     loop {
         let notified = state.work.notified();
         tokio::pin!(notified);
@@ -587,15 +634,21 @@ async fn lease(State(state): State<AppState>, Path(id): Path<String>, body: Body
             let id = id.clone();
             let request_id = req.request_id.clone();
             move |c| {
-                let lease = c.store.lease(&id, req.max, request_id.as_deref(), now_ms())?;
-                c.metrics.subtasks_leased.add(lease.subtasks.len() as u64);
-                Ok(lease)
+                let idle = c.idle_workers();
+                let leased = c.store.lease(&id, req.max, request_id.as_deref(), &idle, now_ms())?;
+                c.metrics.subtasks_leased.inc_by(leased.lease.subtasks.len() as u64);
+                for wait in &leased.queue_wait_ms {
+                    c.metrics.queue_wait.observe(*wait as f64 / 1000.0);
+                }
+                Ok(leased.lease)
             }
         })
         .await?;
         if !lease.subtasks.is_empty() || tokio::time::Instant::now() >= deadline {
             return Ok(json(StatusCode::OK, &lease));
         }
+        // Waiting for work: this worker is idle, and placement may leave work to it.
+        polling.get_or_insert_with(|| state.polling(&id));
         tokio::select! {
             _ = notified => {}
             _ = tokio::time::sleep_until(deadline) => {}
@@ -613,11 +666,18 @@ async fn complete(State(state): State<AppState>, Path(id): Path<String>, body: B
     // Metrics and wake-ups happen with the store call, which runs to the end even when the worker hangs up
     // (a SIGKILLed worker's last batch is still recorded, so it must still be counted).
     let done = blocking(&state, move |c| {
+        let run_times: Vec<(i64, u64)> =
+            req.completions.iter().map(|c| (c.subtask_id, c.usage.wall_time_us)).collect();
         let done = c.store.complete(&id, req.completions, retry, now_ms())?;
-        c.metrics.subtasks_succeeded.add(done.succeeded);
-        c.metrics.subtasks_failed.add(done.failed);
-        c.metrics.fuel_consumed.add(done.fuel);
-        c.metrics.completions_refused.add(done.reply.refused.len() as u64);
+        for (subtask, wall_us) in run_times {
+            if !done.reply.refused.contains(&subtask) {
+                c.metrics.run_time.observe(wall_us as f64 / 1e6);
+            }
+        }
+        c.metrics.subtasks_succeeded.inc_by(done.succeeded);
+        c.metrics.subtasks_failed.inc_by(done.failed);
+        c.metrics.fuel_consumed.inc_by(done.fuel);
+        c.metrics.completions_refused.inc_by(done.reply.refused.len() as u64);
         if done.new_work {
             c.work_available();
         }

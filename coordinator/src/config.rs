@@ -23,6 +23,8 @@ pub struct Config {
     pub retry_backoff: Duration,
     /// Longest long-poll a lease or wait request may ask for.
     pub max_wait: Duration,
+    /// Worker processes to supervise on this machine (`--local-workers MIN..MAX`).
+    pub local_workers: Option<crate::scaling::LocalWorkers>,
 }
 
 /// Caps on request sizes and counts; each has its own error.
@@ -71,6 +73,7 @@ impl Config {
             caps: Caps::default(),
             retry_backoff: Duration::from_millis(100),
             max_wait: Duration::from_secs(30),
+            local_workers: None,
         }
     }
 }

@@ -15,6 +15,7 @@ pub mod config;
 pub mod error;
 mod metrics;
 mod openapi;
+pub mod scaling;
 pub mod store;
 
 pub use config::{Caps, Config};
@@ -47,7 +48,28 @@ pub struct Coordinator {
     /// When this process last heard from each worker, recorded before the heartbeat's store write: a long
     /// write transaction (a huge submit) delays heartbeat writes, and must not get healthy workers killed.
     heard: parking_lot::Mutex<HashMap<String, Instant>>,
+    /// Workers long-polling for work right now (idle), with how many requests each has waiting: placement
+    /// leaves work to them when they suit it better than the asking worker.
+    polling: parking_lot::Mutex<HashMap<String, usize>>,
     pub metrics: Metrics,
+}
+
+/// Marks a worker as long-polling while alive.
+struct Polling<'a> {
+    coordinator: &'a Coordinator,
+    worker: String,
+}
+
+impl Drop for Polling<'_> {
+    fn drop(&mut self) {
+        let mut polling = self.coordinator.polling.lock();
+        if let Some(n) = polling.get_mut(&self.worker) {
+            *n -= 1;
+            if *n == 0 {
+                polling.remove(&self.worker);
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for Coordinator {
@@ -81,6 +103,7 @@ impl Coordinator {
             work: Notify::new(),
             task_events: watch::channel(0).0,
             heard: parking_lot::Mutex::new(HashMap::new()),
+            polling: parking_lot::Mutex::new(HashMap::new()),
             metrics: Metrics::default(),
         }))
     }
@@ -96,6 +119,17 @@ impl Coordinator {
         let mut heard = self.heard.lock();
         heard.retain(|_, at| at.elapsed() < window);
         heard.keys().cloned().collect()
+    }
+
+    /// Records `worker` as long-polling until the returned guard is dropped.
+    fn polling(&self, worker: &str) -> Polling<'_> {
+        *self.polling.lock().entry(worker.to_owned()).or_default() += 1;
+        Polling { coordinator: self, worker: worker.to_owned() }
+    }
+
+    /// Workers long-polling for work right now.
+    fn idle_workers(&self) -> Vec<String> {
+        self.polling.lock().keys().cloned().collect()
     }
 
     fn work_available(&self) {
@@ -125,7 +159,7 @@ impl Coordinator {
                 for (worker, requeued) in &dead {
                     tracing::warn!(worker = %worker, requeued, "worker declared dead; its subtasks were requeued");
                     self.metrics.workers_declared_dead.inc();
-                    self.metrics.subtasks_requeued.add(*requeued);
+                    self.metrics.subtasks_requeued.inc_by(*requeued);
                 }
                 for task in &expired {
                     tracing::warn!(task = %task, "task deadline exceeded");
@@ -164,8 +198,18 @@ pub async fn serve(
             }
         })
     };
+    let autoscaler = coordinator
+        .config
+        .local_workers
+        .clone()
+        .map(|local| tokio::spawn(scaling::supervise(local, coordinator.clone())));
     let router = api::router(coordinator);
     let result = axum::serve(listener, router).with_graceful_shutdown(shutdown).await;
     detector.abort();
+    if let Some(autoscaler) = autoscaler {
+        // Dropping the supervisor kills its worker processes.
+        autoscaler.abort();
+        let _ = autoscaler.await;
+    }
     result
 }

@@ -2,6 +2,7 @@
 
 use super::Global;
 use anyhow::Context;
+use hivemind_coordinator::scaling::{LocalWorkers, ScalePolicy};
 use hivemind_coordinator::{Config, Coordinator};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -10,7 +11,8 @@ use std::time::Duration;
 /// Run a coordinator: the HTTP API, the scheduler and the failure detector, with state in `--data-dir`.
 #[derive(Debug, clap::Args)]
 #[command(after_help = "Examples:\n  hivemind coordinator\n  \
-    hivemind coordinator --listen 127.0.0.1:6000 --data-dir /var/lib/hivemind")]
+    hivemind coordinator --listen 127.0.0.1:6000 --data-dir /var/lib/hivemind\n  \
+    hivemind coordinator --local-workers 1..4 --local-worker-slots 2")]
 pub struct CoordinatorCmd {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:5000")]
@@ -27,6 +29,43 @@ pub struct CoordinatorCmd {
     /// Backoff before retrying a failed attempt (`retry_on_error`); doubled for each later attempt.
     #[arg(long, value_parser = super::parse_duration, default_value = "100ms")]
     pub retry_backoff: Duration,
+    /// Supervise between MIN and MAX worker processes on this machine, started while work backs up and
+    /// stopped (after draining) when idle, e.g. `1..4`.
+    #[arg(long, value_name = "MIN..MAX", value_parser = parse_range)]
+    pub local_workers: Option<(u32, u32)>,
+    /// Slots of each local worker.
+    #[arg(long, default_value_t = 1, requires = "local_workers")]
+    pub local_worker_slots: u32,
+    /// Memory budget of each local worker, e.g. `2GiB` (default: the machine's memory).
+    #[arg(long, value_parser = super::parse_size, requires = "local_workers")]
+    pub local_worker_memory: Option<u64>,
+    /// Start a local worker while the backlog per free slot is at least this.
+    #[arg(long, default_value_t = 2.0, requires = "local_workers")]
+    pub scale_up_backlog: f64,
+    /// Stop a local worker once it has been idle this long with the queue empty.
+    #[arg(long, value_parser = super::parse_duration, default_value = "10s", requires = "local_workers")]
+    pub scale_down_after: Duration,
+    /// How often the local autoscaler decides.
+    #[arg(long, value_parser = super::parse_duration, default_value = "250ms", requires = "local_workers")]
+    pub scale_interval: Duration,
+}
+
+/// Parses `MIN..MAX` (or a single number, meaning exactly that many).
+fn parse_range(text: &str) -> Result<(u32, u32), String> {
+    let bad = || format!("invalid worker range `{text}`: expected MIN..MAX, e.g. 1..4");
+    let (lo, hi) = match text.split_once("..") {
+        Some((lo, hi)) => (lo.trim().parse().map_err(|_| bad())?, hi.trim().parse().map_err(|_| bad())?),
+        None => {
+            let n = text.trim().parse().map_err(|_| bad())?;
+            (n, n)
+        }
+    };
+    if lo > hi || hi == 0 || hi > 256 {
+        return Err(format!(
+            "invalid worker range `{text}`: MIN must not exceed MAX, and MAX must be 1..=256"
+        ));
+    }
+    Ok((lo, hi))
 }
 
 impl CoordinatorCmd {
@@ -42,11 +81,34 @@ impl CoordinatorCmd {
         config.heartbeat_interval = self.heartbeat;
         config.dead_after = self.dead_after;
         config.retry_backoff = self.retry_backoff;
-        let coordinator = Coordinator::open(config)?;
         let listener = tokio::net::TcpListener::bind(&self.listen)
             .await
             .with_context(|| format!("cannot listen on `{}`", self.listen))?;
         let addr = listener.local_addr()?;
+        if let Some((min, max)) = self.local_workers {
+            anyhow::ensure!(self.local_worker_slots > 0, "--local-worker-slots must be at least 1");
+            anyhow::ensure!(
+                self.scale_up_backlog > 0.0 && !self.scale_interval.is_zero(),
+                "--scale-up-backlog and --scale-interval must be greater than 0"
+            );
+            let mut policy = ScalePolicy::new(min, max);
+            policy.backlog_per_slot = self.scale_up_backlog;
+            policy.idle_grace = self.scale_down_after;
+            policy.interval = self.scale_interval;
+            let mut args = vec![
+                "--coordinator".to_string(),
+                format!("http://{addr}"),
+                "worker".to_string(),
+                "--slots".to_string(),
+                self.local_worker_slots.to_string(),
+            ];
+            if let Some(memory) = self.local_worker_memory {
+                args.extend(["--memory".to_string(), memory.to_string()]);
+            }
+            let program = std::env::current_exe().context("cannot find the hivemind executable")?;
+            config.local_workers = Some(LocalWorkers { policy, program, args });
+        }
+        let coordinator = Coordinator::open(config)?;
         if global.json {
             println!("{}", serde_json::json!({ "listening": format!("http://{addr}") }));
         } else {

@@ -217,6 +217,10 @@ fn print_status(s: &TaskStatus) {
     println!("state     {}", s.state);
     println!("module    {}", s.module_id);
     println!("phase     {}  priority {}", s.phase, s.priority);
+    if !s.requires.is_empty() {
+        let requires: Vec<String> = s.requires.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        println!("requires  {}", requires.join(", "));
+    }
     let c = s.subtasks;
     println!(
         "subtasks  {} total: {} queued, {} leased, {} succeeded, {} failed, {} cancelled",
@@ -351,7 +355,8 @@ impl Submit {
             split: self.split,
             reduce: self.reduce,
             idempotency_key: self.idempotency_key.clone(),
-            labels: self.require.iter().cloned().collect(),
+            labels: Default::default(),
+            requires: self.require.iter().cloned().collect(),
             deadline_ms: self.deadline.map(|d| d.as_millis() as u64),
         };
         let status = client.submit_task(&request).await?;

@@ -50,22 +50,42 @@ impl WorkerCmd {
                 super::print_json(&list)?;
             } else {
                 println!(
-                    "{:<16} {:<12} {:<6} {:>5} {:>7} {:>10} {:>10} {:>7} {:>12}",
-                    "WORKER", "NAME", "STATE", "SLOTS", "RUNNING", "MEMORY", "COMPLETED", "FAILED", "FUEL"
+                    "{:<16} {:<14} {:<5} {:>5} {:>7} {:>6} {:>9} {:>9} {:>9} {:>5} {:>9} {:>6} {:>14}",
+                    "WORKER",
+                    "NAME",
+                    "STATE",
+                    "SLOTS",
+                    "RUNNING",
+                    "LEASED",
+                    "BUDGET",
+                    "MEM-FREE",
+                    "MEM-TOTAL",
+                    "CPU",
+                    "COMPLETED",
+                    "FAILED",
+                    "FUEL"
                 );
                 for w in list.workers {
                     println!(
-                        "{:<16} {:<12} {:<6} {:>5} {:>7} {:>10} {:>10} {:>7} {:>12}",
+                        "{:<16} {:<14} {:<5} {:>5} {:>7} {:>6} {:>9} {:>9} {:>9} {:>4.0}% {:>9} {:>6} {:>14}",
                         w.worker_id,
                         w.name,
                         w.state,
                         w.slots,
                         w.running,
+                        w.leased,
                         format_size(w.memory_bytes),
+                        format_size(w.resources.available_memory_bytes),
+                        format_size(w.resources.total_memory_bytes),
+                        w.resources.cpu_load * 100.0,
                         w.completed,
                         w.failed,
                         w.usage.fuel_consumed
                     );
+                    if !w.labels.is_empty() {
+                        let labels: Vec<String> = w.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                        println!("{:<16} labels {}", "", labels.join(", "));
+                    }
                 }
             }
             return Ok(ExitCode::SUCCESS);

@@ -45,6 +45,17 @@ fn upload_primes(cluster: &Cluster) -> String {
     cluster.client().upload_module(programs::read(programs::PRIMES)).expect("upload").module_id
 }
 
+/// Submits the chaos task: `n` prime-counting ranges.
+fn submit_ranges(cluster: &Cluster, n: u64, max_attempts: Option<u32>) -> TaskStatus {
+    let task = SubmitTask {
+        module_id: upload_primes(cluster),
+        inputs: (0..n).map(range_input).collect(),
+        max_attempts,
+        ..SubmitTask::default()
+    };
+    cluster.client().submit_task(&task).expect("submit")
+}
+
 /// Every subtask of a task, in phase and index order.
 fn all_subtasks(cluster: &Cluster, task_id: &str) -> Vec<SubtaskInfo> {
     let client = cluster.client();
@@ -106,15 +117,7 @@ fn chaos_worker_killed_every_second_loses_nothing() {
     }
     cluster.wait_for_workers(3);
     let client = cluster.client();
-    let module_id = upload_primes(&cluster);
-    let task = client
-        .submit_task(&SubmitTask {
-            module_id,
-            inputs: (0..N).map(range_input).collect(),
-            max_attempts: Some(50),
-            ..SubmitTask::default()
-        })
-        .expect("submit");
+    let task = submit_ranges(&cluster, N, Some(50));
     let mut kills = 0;
     let mut next = 0usize;
     let deadline = Instant::now() + Duration::from_secs(600);
@@ -150,15 +153,7 @@ fn chaos_worker_killed_every_second_loses_nothing() {
 fn chaos_coordinator_killed_twice_task_completes() {
     const N: u64 = 3_000;
     let mut cluster = Cluster::start(2, 1);
-    let client = cluster.client();
-    let module_id = upload_primes(&cluster);
-    let task = client
-        .submit_task(&SubmitTask {
-            module_id,
-            inputs: (0..N).map(range_input).collect(),
-            ..SubmitTask::default()
-        })
-        .expect("submit");
+    let task = submit_ranges(&cluster, N, None);
     for third in 1..=2 {
         poll_until(Duration::from_secs(120), || {
             cluster.client().status(&task.task_id).is_ok_and(|s| s.subtasks.succeeded >= N * third / 3)
@@ -183,14 +178,7 @@ fn frozen_worker_late_completions_are_refused() {
     cluster.add_worker(1, &["--name", "steady"]);
     cluster.wait_for_workers(2);
     let client = cluster.client();
-    let module_id = upload_primes(&cluster);
-    let task = client
-        .submit_task(&SubmitTask {
-            module_id,
-            inputs: (0..N).map(range_input).collect(),
-            ..SubmitTask::default()
-        })
-        .expect("submit");
+    let task = submit_ranges(&cluster, N, None);
     let frozen_id = || {
         client
             .list_workers()
@@ -349,14 +337,7 @@ fn sigterm_drains_the_worker() {
     cluster.add_worker(1, &["--prefetch", "2"]);
     cluster.wait_for_workers(1);
     let client = cluster.client();
-    let module_id = upload_primes(&cluster);
-    let task = client
-        .submit_task(&SubmitTask {
-            module_id,
-            inputs: (0..40).map(range_input).collect(),
-            ..SubmitTask::default()
-        })
-        .expect("submit");
+    let task = submit_ranges(&cluster, 40, None);
     poll_until(Duration::from_secs(30), || {
         client.status(&task.task_id).is_ok_and(|s| s.subtasks.succeeded >= 2 && s.subtasks.leased >= 1)
     });

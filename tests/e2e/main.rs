@@ -4,6 +4,7 @@
 mod api;
 mod cluster;
 mod faults;
+mod scaling;
 mod tasks;
 
 pub use cluster::*;

@@ -13,6 +13,7 @@
 //! Connection failures are retried with backoff; a worker the coordinator declared dead registers again.
 
 mod modules;
+mod monitor;
 
 use hivemind_client::{
     Client, CompleteBatch, Completion, Heartbeat, LeaseRequest, LeasedSubtask, LeasedTask, Outcome,
@@ -21,6 +22,7 @@ use hivemind_client::{
 use hivemind_proto::api::Blob;
 use hivemind_runtime::{CancelToken, RunRequest, Runtime, RuntimeConfig};
 use modules::ModuleCache;
+use monitor::Monitor;
 use parking_lot::Mutex;
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
@@ -94,6 +96,11 @@ struct Worker {
     /// Woken whenever a subtask finishes, so the lease loop can top up.
     slot_freed: Notify,
     slots: Semaphore,
+    /// The memory budget in MiB: a subtask starts only when its memory limit fits in what running
+    /// subtasks left, so running subtasks never exceed the budget together.
+    memory: Semaphore,
+    memory_mib: u32,
+    monitor: Monitor,
     /// Cancel tokens of subtasks being run, by subtask id.
     cancels: Mutex<HashMap<i64, CancelToken>>,
     results: mpsc::UnboundedSender<Completion>,
@@ -112,6 +119,7 @@ pub async fn run(
         ..RuntimeConfig::default()
     })?;
     let (tx, rx) = mpsc::unbounded_channel();
+    let memory_mib = mib(config.memory_bytes).clamp(1, Semaphore::MAX_PERMITS as u64 / 2) as u32;
     let worker = Arc::new(Worker {
         modules: ModuleCache::new(client.clone(), runtime.clone()),
         client,
@@ -126,6 +134,9 @@ pub async fn run(
         avg_run_us: AtomicU64::new(0),
         slot_freed: Notify::new(),
         slots: Semaphore::new(config.slots as usize),
+        memory: Semaphore::new(memory_mib as usize),
+        memory_mib,
+        monitor: Monitor::new(),
         cancels: Mutex::new(HashMap::new()),
         results: tx,
         config,
@@ -169,6 +180,19 @@ async fn stopped(stop: &watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
 }
 
+/// Whole MiB needed for `bytes` (rounded up).
+fn mib(bytes: u64) -> u64 {
+    bytes.div_ceil(1 << 20)
+}
+
+/// Microseconds since the Unix epoch.
+fn now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
 /// Exponential backoff for coordinator connection failures: 50 ms doubling to 2 s.
 fn backoff(attempt: u32) -> Duration {
     Duration::from_millis(50u64.saturating_mul(1 << attempt.min(6))).min(Duration::from_secs(2))
@@ -202,6 +226,8 @@ impl Worker {
             memory_bytes: self.config.memory_bytes,
             cores: num_cpus::get() as u32,
             labels: self.config.labels.clone(),
+            resources: self.monitor.read(),
+            modules: self.modules.held(),
         };
         let mut attempt = 0;
         while !*stop.borrow() {
@@ -306,6 +332,9 @@ impl Worker {
     /// Runs one leased subtask when a slot is free and queues its result.
     async fn execute(self: Arc<Self>, subtask: LeasedSubtask, task: LeasedTask, generation: u64) {
         let permit = self.slots.acquire().await.expect("the slot semaphore is never closed");
+        // The coordinator only leases subtasks whose limit fits the whole budget; clamp in case it changed.
+        let need = mib(task.limits.memory_bytes).clamp(1, u64::from(self.memory_mib)) as u32;
+        let memory = self.memory.acquire_many(need).await.expect("the memory semaphore is never closed");
         if self.generation.load(Ordering::SeqCst) != generation || self.lost.load(Ordering::SeqCst) {
             // Declared dead since the lease: the coordinator has requeued this subtask elsewhere.
             tracing::debug!(subtask = subtask.subtask_id, "dropping a subtask of a lost registration");
@@ -316,6 +345,7 @@ impl Worker {
         let token = CancelToken::new();
         self.cancels.lock().insert(subtask.subtask_id, token.clone());
         self.running.fetch_add(1, Ordering::SeqCst);
+        let started_at_us = now_us();
         let outcome = match self.modules.get(&task.module_id).await {
             Ok(module) => {
                 let request = RunRequest {
@@ -333,6 +363,7 @@ impl Worker {
         };
         self.running.fetch_sub(1, Ordering::SeqCst);
         self.cancels.lock().remove(&subtask.subtask_id);
+        drop(memory);
         drop(permit);
         match &outcome {
             Ok(out) => self.record_run(out.usage.wall_time_us),
@@ -345,6 +376,7 @@ impl Worker {
                 outcome: Outcome::Output(Blob(out.output)),
                 log: Blob(out.log),
                 usage: out.usage,
+                started_at_us: Some(started_at_us),
             },
             Err(err) => Completion {
                 subtask_id: subtask.subtask_id,
@@ -352,6 +384,7 @@ impl Worker {
                 outcome: Outcome::Error { kind: err.kind, message: err.message },
                 log: Blob(err.log),
                 usage: err.usage,
+                started_at_us: Some(started_at_us),
             },
         };
         let _ = self.results.send(completion);
@@ -423,7 +456,10 @@ async fn heartbeat(worker: Arc<Worker>) {
         let worker = worker.clone();
         tokio::spawn(async move {
             let id = worker.id();
-            let beat = Heartbeat { running: worker.running.load(Ordering::SeqCst) };
+            let beat = Heartbeat {
+                running: worker.running.load(Ordering::SeqCst),
+                resources: Some(worker.monitor.read()),
+            };
             match worker.client.heartbeat(&id, &beat).await {
                 Ok(reply) => {
                     let cancels = worker.cancels.lock();

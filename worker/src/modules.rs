@@ -25,6 +25,11 @@ impl ModuleCache {
         ModuleCache { client, runtime, cells: Mutex::new(HashMap::new()) }
     }
 
+    /// Modules this worker holds ready to run.
+    pub(crate) fn held(&self) -> Vec<String> {
+        self.cells.lock().iter().filter(|(_, cell)| cell.initialized()).map(|(id, _)| id.clone()).collect()
+    }
+
     pub(crate) async fn get(&self, id: &str) -> Result<LoadedModule, RunFailure> {
         let cell = self.cells.lock().entry(id.to_owned()).or_default().clone();
         cell.get_or_try_init(|| self.fetch(id)).await.cloned()

@@ -10,8 +10,8 @@ pub mod sqlite;
 use hivemind_proto::Limits;
 use hivemind_proto::Phase;
 use hivemind_proto::api::{
-    CompleteReply, Completion, HeartbeatReply, Lease, ModuleInfo, RegisterWorker, SubtaskInfo, TaskResult,
-    TaskState, TaskStatus, WorkerInfo,
+    CompleteReply, Completion, HeartbeatReply, Lease, ModuleInfo, RegisterWorker, Resources, SubtaskInfo,
+    TaskResult, TaskState, TaskStatus, WorkerInfo,
 };
 use std::collections::BTreeMap;
 
@@ -43,6 +43,8 @@ pub struct NewTask {
     pub split: bool,
     pub reduce: bool,
     pub labels: BTreeMap<String, String>,
+    /// Worker labels a worker must carry to run the task's subtasks.
+    pub requires: BTreeMap<String, String>,
     pub idempotency_key: Option<String>,
     pub deadline_at_ms: Option<u64>,
     pub inputs: Vec<Vec<u8>>,
@@ -93,6 +95,18 @@ impl Default for RetryPolicy {
     }
 }
 
+/// What one lease request got: the subtasks, and how long each had waited in the queue.
+#[derive(Debug, Clone, Default)]
+pub struct Leased {
+    pub lease: Lease,
+    pub queue_wait_ms: Vec<u64>,
+}
+
+/// Whether a worker with `labels` satisfies a task's `requires`.
+pub fn labels_match(requires: &BTreeMap<String, String>, labels: &BTreeMap<String, String>) -> bool {
+    requires.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
+
 /// Content-addressed module bytes.
 pub trait ModuleStore: Send + Sync {
     /// Stores a module; returns false when the id was already present (a no-op).
@@ -112,10 +126,20 @@ pub trait TaskStore: Send + Sync {
     fn list_subtasks(&self, task_id: &str, filter: &SubtaskFilter) -> StoreResult<Option<Vec<SubtaskInfo>>>;
     /// Cancels a task: queued subtasks are removed, running ones are flagged for their workers.
     fn cancel(&self, id: &str, now_ms: u64) -> StoreResult<Option<TaskStatus>>;
-    /// Leases up to `max` queued subtasks to a live worker: highest priority first, FIFO within one. A
-    /// `request_id` that already leased subtasks to this worker returns those again instead (a retry after
-    /// a lost answer).
-    fn lease(&self, worker_id: &str, max: u32, request_id: Option<&str>, now_ms: u64) -> StoreResult<Lease>;
+    /// Leases up to `max` queued subtasks to a live worker: highest priority first, FIFO within one, only
+    /// subtasks that fit the worker (memory limit within its budget, required labels carried), at most its
+    /// fair share of the backlog, and leaving work to an idle worker that holds the module or has free
+    /// slots when this one has none (placement, `docs/scaling.md`). A `request_id` that already leased
+    /// subtasks to this worker returns those again instead (a retry after a lost answer).
+    /// `idle_peers` are the workers long-polling for work right now.
+    fn lease(
+        &self,
+        worker_id: &str,
+        max: u32,
+        request_id: Option<&str>,
+        idle_peers: &[String],
+        now_ms: u64,
+    ) -> StoreResult<Leased>;
     /// Records a batch of completions, refusing those whose lease is no longer current (fencing).
     fn complete(
         &self,
@@ -138,7 +162,13 @@ pub trait MetadataStore: Send + Sync {
     fn register_worker(&self, id: &str, worker: &RegisterWorker, now_ms: u64) -> StoreResult<()>;
     /// Records a heartbeat (one write, which renews every lease the worker holds) and returns the subtasks
     /// it must cancel. Fails with `UnknownWorker` when the worker was declared dead.
-    fn heartbeat(&self, id: &str, running: u32, now_ms: u64) -> StoreResult<HeartbeatReply>;
+    fn heartbeat(
+        &self,
+        id: &str,
+        running: u32,
+        resources: Option<&Resources>,
+        now_ms: u64,
+    ) -> StoreResult<HeartbeatReply>;
     /// A worker leaving cleanly: its leased subtasks go back to the queue.
     fn deregister_worker(&self, id: &str, now_ms: u64) -> StoreResult<u64>;
     fn list_workers(&self) -> StoreResult<Vec<WorkerInfo>>;

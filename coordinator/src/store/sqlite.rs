@@ -11,13 +11,14 @@ use hivemind_proto::api::{AttemptInfo, Blob, LeasedSubtask, LeasedTask, Outcome,
 use hivemind_proto::{ErrorKind, Phase, Usage, frame};
 use parking_lot::Mutex;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Transaction, params};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-const MIGRATIONS: [&str; 2] = [
+const MIGRATIONS: [&str; 3] = [
     include_str!("../../migrations/sqlite/0001_initial.sql"),
     include_str!("../../migrations/sqlite/0002_lease_requests.sql"),
+    include_str!("../../migrations/sqlite/0003_placement.sql"),
 ];
 
 /// How hard a commit tries to reach the disk.
@@ -53,7 +54,7 @@ impl From<rusqlite::Error> for StoreError {
 }
 
 const TASK_COLUMNS: &str = "id, module_id, state, priority, split, reduce, phase, n_queued, n_leased, \
-     n_succeeded, n_failed, n_cancelled, fuel, wall_us, peak_memory, error, created_at, finished_at";
+     n_succeeded, n_failed, n_cancelled, fuel, wall_us, peak_memory, error, created_at, finished_at, requires";
 
 fn task_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<TaskStatus> {
     let state: String = row.get(2)?;
@@ -76,6 +77,7 @@ fn task_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<TaskStatus> {
         error: row.get(15)?,
         created_at_ms: u64_at(row, 16)?,
         finished_at_ms: row.get::<_, Option<i64>>(17)?.map(|v| v as u64),
+        requires: serde_json::from_str(&row.get::<_, String>(18)?).unwrap_or_default(),
     })
 }
 
@@ -142,11 +144,13 @@ fn insert_subtask(
     idx: u64,
     priority: i32,
     input: &[u8],
+    now_ms: u64,
 ) -> rusqlite::Result<()> {
     tx.prepare_cached(
-        "INSERT INTO subtasks (task_id, phase, idx, state, priority, input) VALUES (?1, ?2, ?3, 'queued', ?4, ?5)",
+        "INSERT INTO subtasks (task_id, phase, idx, state, priority, input, queued_at)
+         VALUES (?1, ?2, ?3, 'queued', ?4, ?5, ?6)",
     )?
-    .execute(params![task_id, phase.as_str(), idx as i64, priority, input])?;
+    .execute(params![task_id, phase.as_str(), idx as i64, priority, input, now_ms as i64])?;
     Ok(())
 }
 
@@ -192,7 +196,7 @@ fn record_finish(
 ) -> rusqlite::Result<()> {
     tx.prepare_cached(
         "UPDATE subtasks SET state = ?2, output = ?3, error_kind = ?4, error = ?5, log = ?6, fuel = ?7,
-            peak_memory = ?8, wall_us = ?9, finished_at = ?10 WHERE id = ?1",
+            peak_memory = ?8, wall_us = ?9, finished_at = ?10, started_at_us = ?11 WHERE id = ?1",
     )?
     .execute(params![
         c.subtask_id,
@@ -204,7 +208,8 @@ fn record_finish(
         c.usage.fuel_consumed as i64,
         c.usage.peak_memory_bytes as i64,
         c.usage.wall_time_us as i64,
-        now_ms as i64
+        now_ms as i64,
+        c.started_at_us.map(|t| t as i64)
     ])?;
     Ok(())
 }
@@ -293,9 +298,10 @@ impl SqliteStore {
         for (id, task_id, phase, idx, attempt, max_attempts) in rows {
             if !consume_attempt {
                 tx.prepare_cached(
-                    "UPDATE subtasks SET state = 'queued', worker_id = NULL, attempt = attempt - 1 WHERE id = ?1",
+                    "UPDATE subtasks SET state = 'queued', worker_id = NULL, attempt = attempt - 1, queued_at = ?2
+                     WHERE id = ?1",
                 )?
-                .execute(params![id])?;
+                .execute(params![id, now_ms as i64])?;
                 requeued += 1;
                 let d = deltas.entry(task_id).or_default();
                 d.leased -= 1;
@@ -311,8 +317,10 @@ impl SqliteStore {
             let d = deltas.entry(task_id.clone()).or_default();
             d.leased -= 1;
             if (attempt as u32) < max_attempts {
-                tx.prepare_cached("UPDATE subtasks SET state = 'queued', worker_id = NULL WHERE id = ?1")?
-                    .execute(params![id])?;
+                tx.prepare_cached(
+                    "UPDATE subtasks SET state = 'queued', worker_id = NULL, queued_at = ?2 WHERE id = ?1",
+                )?
+                .execute(params![id, now_ms as i64])?;
                 d.queued += 1;
                 requeued += 1;
             } else {
@@ -377,7 +385,12 @@ fn attempt_history(conn: &Connection, subtask_id: i64) -> rusqlite::Result<Strin
 /// The lease answer for `rows` (priority, subtask): highest priority first, FIFO within one, with each
 /// task's module and limits. With `count`, moves the subtasks from queued to leased in their tasks' counts
 /// and marks the tasks running.
-fn lease_of(tx: &Transaction<'_>, mut rows: Vec<(i32, LeasedSubtask)>, count: bool) -> StoreResult<Lease> {
+fn lease_of(
+    tx: &Transaction<'_>,
+    worker_id: &str,
+    mut rows: Vec<(i32, LeasedSubtask)>,
+    count: bool,
+) -> StoreResult<Lease> {
     rows.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.subtask_id.cmp(&b.1.subtask_id)));
     let mut lease = Lease::default();
     let mut deltas: HashMap<String, i64> = HashMap::new();
@@ -395,9 +408,112 @@ fn lease_of(tx: &Transaction<'_>, mut rows: Vec<(i32, LeasedSubtask)>, count: bo
             .prepare_cached("SELECT module_id, limits FROM tasks WHERE id = ?1")?
             .query_row(params![task_id], |r| Ok((r.get(0)?, r.get(1)?)))?;
         let limits = serde_json::from_str(&limits).map_err(|e| StoreError::Backend(e.to_string()))?;
+        // The worker fetches and compiles the module to run these: it holds it from now on.
+        tx.prepare_cached("INSERT OR IGNORE INTO worker_modules (worker_id, module_id) VALUES (?1, ?2)")?
+            .execute(params![worker_id, module_id])?;
         lease.tasks.insert(task_id, LeasedTask { module_id, limits });
     }
     Ok(lease)
+}
+
+fn parse_labels(json: &str) -> BTreeMap<String, String> {
+    if json == "{}" { BTreeMap::new() } else { serde_json::from_str(json).unwrap_or_default() }
+}
+
+/// A worker as placement sees it.
+struct Placed<'a> {
+    id: &'a str,
+    slots: u32,
+    memory: u64,
+    labels: BTreeMap<String, String>,
+}
+
+impl Placed<'_> {
+    fn fits(&self, memory: u64, requires: &BTreeMap<String, String>) -> bool {
+        memory <= self.memory && labels_match(requires, &self.labels)
+    }
+}
+
+/// Which tasks a lease may take subtasks from, and how many at most.
+struct Plan {
+    /// (task, priority) of the tasks whose subtasks this worker should take.
+    tasks: Vec<(String, i32)>,
+    /// Every task with queued work is in `tasks` (the plain queue-order lease applies).
+    all: bool,
+    /// The worker's fair share of that backlog: its part of the live slots, at least its own slots.
+    share: u32,
+}
+
+/// Placement for one lease by `me` (SPEC §4): a task is taken only if its memory limit is within the
+/// worker's budget and the worker carries every label it requires; it is left to an idle worker
+/// (`idle_peers`: long-polling now) that fits it when that worker holds the task's module and this one does
+/// not, or when both hold it alike and this worker's slots are already full.
+fn plan_lease(tx: &Transaction<'_>, me: &Placed<'_>, idle_peers: &[String]) -> StoreResult<Plan> {
+    let active: Vec<(String, i32, i64, String, String, i64)> = tx
+        .prepare_cached(
+            "SELECT id, priority, memory, requires, module_id, n_queued FROM tasks
+             WHERE state IN ('queued', 'running') AND n_queued > 0",
+        )?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)))?
+        .collect::<Result<_, _>>()?;
+    let mut plan = Plan { tasks: Vec::new(), all: true, share: 0 };
+    if active.is_empty() {
+        return Ok(plan);
+    }
+    let alive: Vec<(String, u32, i64, String)> = tx
+        .prepare_cached("SELECT id, slots, memory, labels FROM workers WHERE state = 'alive'")?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+        .collect::<Result<_, _>>()?;
+    let alive: Vec<Placed<'_>> = alive
+        .iter()
+        .map(|(id, slots, memory, labels)| Placed {
+            id,
+            slots: *slots,
+            memory: *memory as u64,
+            labels: parse_labels(labels),
+        })
+        .collect();
+    let peers: Vec<&Placed<'_>> =
+        alive.iter().filter(|p| p.id != me.id && idle_peers.iter().any(|i| i == p.id)).collect();
+    let mine_full = !peers.is_empty() && {
+        let leased: u32 = tx
+            .prepare_cached("SELECT COUNT(*) FROM subtasks WHERE worker_id = ?1 AND state = 'leased'")?
+            .query_row(params![me.id], |r| r.get(0))?;
+        leased >= me.slots
+    };
+    let holds = |worker: &str, module: &str| -> rusqlite::Result<bool> {
+        tx.prepare_cached("SELECT 1 FROM worker_modules WHERE worker_id = ?1 AND module_id = ?2")?
+            .query_row(params![worker, module], |_| Ok(()))
+            .optional()
+            .map(|r| r.is_some())
+    };
+    let mut fair = 0u64;
+    for (task_id, priority, memory, requires, module_id, queued) in active {
+        let requires = parse_labels(&requires);
+        let memory = memory as u64;
+        let mut take = me.fits(memory, &requires);
+        if take && !peers.is_empty() {
+            let i_hold = holds(me.id, &module_id)?;
+            for peer in peers.iter().filter(|p| p.fits(memory, &requires)) {
+                let peer_holds = holds(peer.id, &module_id)?;
+                if (peer_holds && !i_hold) || (peer_holds == i_hold && mine_full) {
+                    take = false;
+                    break;
+                }
+            }
+        }
+        if take {
+            // This worker's part of the task's backlog: by its share of the slots that can run the task.
+            let fitting: u64 =
+                alive.iter().filter(|w| w.fits(memory, &requires)).map(|w| u64::from(w.slots)).sum();
+            fair += (queued as u64).saturating_mul(u64::from(me.slots)).div_ceil(fitting.max(1));
+            plan.tasks.push((task_id, priority));
+        } else {
+            plan.all = false;
+        }
+    }
+    plan.share = fair.max(u64::from(me.slots)).min(u64::from(u32::MAX)) as u32;
+    Ok(plan)
 }
 
 impl ModuleStore for SqliteStore {
@@ -461,10 +577,13 @@ impl TaskStore for SqliteStore {
                 if task.split { ("split", 0, 1) } else { ("map", task.inputs.len() as i64, task.inputs.len() as i64) };
             let limits = serde_json::to_string(&task.limits).map_err(|e| StoreError::Backend(e.to_string()))?;
             let labels = serde_json::to_string(&task.labels).map_err(|e| StoreError::Backend(e.to_string()))?;
+            let requires =
+                serde_json::to_string(&task.requires).map_err(|e| StoreError::Backend(e.to_string()))?;
             tx.prepare_cached(
                 "INSERT INTO tasks (id, seq, module_id, state, phase, priority, limits, max_attempts, retry_on_error,
-                    split, reduce, labels, idempotency_key, deadline_at, map_total, n_queued, created_at)
-                 VALUES (?1, ?2, ?3, 'queued', ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+                    split, reduce, labels, idempotency_key, deadline_at, map_total, n_queued, created_at, memory,
+                    requires)
+                 VALUES (?1, ?2, ?3, 'queued', ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)",
             )?
             .execute(params![
                 task.id,
@@ -483,13 +602,15 @@ impl TaskStore for SqliteStore {
                 map_total,
                 queued,
                 now_ms as i64,
+                task.limits.memory_bytes as i64,
+                requires,
             ])?;
             if task.split {
                 let input = task.inputs.first().map(Vec::as_slice).unwrap_or_default();
-                insert_subtask(tx, &task.id, Phase::Split, 0, task.priority, input)?;
+                insert_subtask(tx, &task.id, Phase::Split, 0, task.priority, input, now_ms)?;
             } else {
                 for (i, input) in task.inputs.iter().enumerate() {
-                    insert_subtask(tx, &task.id, Phase::Map, i as u64, task.priority, input)?;
+                    insert_subtask(tx, &task.id, Phase::Map, i as u64, task.priority, input, now_ms)?;
                 }
             }
             let status = Self::status_in(tx, &task.id)?.ok_or_else(|| StoreError::Backend("task vanished".into()))?;
@@ -522,7 +643,7 @@ impl TaskStore for SqliteStore {
             }
             let mut stmt = conn.prepare_cached(
                 "SELECT id, phase, idx, state, attempt, worker_id, fuel, peak_memory, wall_us, error_kind, error,
-                    finished_at
+                    finished_at, started_at_us
                  FROM subtasks WHERE task_id = ?1 AND (?2 IS NULL OR phase = ?2) AND (?3 IS NULL OR state = ?3)
                  ORDER BY CASE phase WHEN 'split' THEN 0 WHEN 'map' THEN 1 ELSE 2 END, idx
                  LIMIT ?4 OFFSET ?5",
@@ -556,6 +677,7 @@ impl TaskStore for SqliteStore {
                         error: r.get(10)?,
                         attempts: Vec::new(),
                         finished_at_ms: r.get::<_, Option<i64>>(11)?.map(|t| t as u64),
+                        started_at_us: r.get::<_, Option<i64>>(12)?.map(|t| t as u64),
                     })
                 },
             )?;
@@ -577,15 +699,23 @@ impl TaskStore for SqliteStore {
         })
     }
 
-    fn lease(&self, worker_id: &str, max: u32, request_id: Option<&str>, now_ms: u64) -> StoreResult<Lease> {
+    fn lease(
+        &self,
+        worker_id: &str,
+        max: u32,
+        request_id: Option<&str>,
+        idle_peers: &[String],
+        now_ms: u64,
+    ) -> StoreResult<Leased> {
         self.write(|tx| {
-            let alive: Option<String> = tx
-                .prepare_cached("SELECT state FROM workers WHERE id = ?1")?
-                .query_row(params![worker_id], |r| r.get(0))
+            let me: Option<(String, u32, i64, String)> = tx
+                .prepare_cached("SELECT state, slots, memory, labels FROM workers WHERE id = ?1")?
+                .query_row(params![worker_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
                 .optional()?;
-            if alive.as_deref() != Some("alive") {
+            let Some((state, slots, memory, labels)) = me.filter(|m| m.0 == "alive") else {
                 return Err(StoreError::UnknownWorker(worker_id.to_owned()));
-            }
+            };
+            let _ = state;
             let leased_row = |r: &rusqlite::Row<'_>| {
                 let subtask = LeasedSubtask {
                     subtask_id: r.get(0)?,
@@ -595,32 +725,70 @@ impl TaskStore for SqliteStore {
                     attempt: r.get(4)?,
                     input: Blob(r.get(5)?),
                 };
-                Ok((r.get::<_, i32>(6)?, subtask))
+                Ok((r.get::<_, i32>(6)?, subtask, r.get::<_, Option<i64>>(7)?))
             };
             if let Some(request_id) = request_id {
                 // A repeated request whose first answer was lost: the same subtasks again.
-                let again: Vec<(i32, LeasedSubtask)> = tx
+                let again: Vec<(i32, LeasedSubtask, Option<i64>)> = tx
                     .prepare_cached(
-                        "SELECT id, task_id, phase, idx, attempt, input, priority FROM subtasks
+                        "SELECT id, task_id, phase, idx, attempt, input, priority, queued_at FROM subtasks
                          WHERE worker_id = ?1 AND state = 'leased' AND lease_id = ?2",
                     )?
                     .query_map(params![worker_id, request_id], leased_row)?
                     .collect::<Result<_, _>>()?;
                 if !again.is_empty() {
-                    return lease_of(tx, again, false);
+                    let rows = again.into_iter().map(|(p, s, _)| (p, s)).collect();
+                    return Ok(Leased { lease: lease_of(tx, worker_id, rows, false)?, queue_wait_ms: Vec::new() });
                 }
             }
-            let rows: Vec<(i32, LeasedSubtask)> = tx
-                .prepare_cached(
+            let me = Placed { id: worker_id, slots, memory: memory as u64, labels: parse_labels(&labels) };
+            let plan = plan_lease(tx, &me, idle_peers)?;
+            let n = max.min(plan.share);
+            if n == 0 || plan.tasks.is_empty() {
+                return Ok(Leased::default());
+            }
+            const RETURNING: &str = "RETURNING id, task_id, phase, idx, attempt, input, priority, queued_at";
+            let rows: Vec<(i32, LeasedSubtask, Option<i64>)> = if plan.all {
+                tx.prepare_cached(&format!(
                     "UPDATE subtasks SET state = 'leased', worker_id = ?1, attempt = attempt + 1, lease_id = ?4
                      WHERE id IN (SELECT id FROM subtasks WHERE state = 'queued'
                                   AND (not_before IS NULL OR not_before <= ?2)
                                   ORDER BY priority DESC, id LIMIT ?3)
-                     RETURNING id, task_id, phase, idx, attempt, input, priority",
-                )?
-                .query_map(params![worker_id, now_ms as i64, max, request_id], leased_row)?
-                .collect::<Result<_, _>>()?;
-            lease_of(tx, rows, true)
+                     {RETURNING}"
+                ))?
+                .query_map(params![worker_id, now_ms as i64, n, request_id], leased_row)?
+                .collect::<Result<_, _>>()?
+            } else {
+                // Only some tasks fit this worker: the first queued subtasks of each, merged in queue order.
+                let mut heads: Vec<(i32, i64)> = Vec::new();
+                for (task_id, priority) in &plan.tasks {
+                    let ids: Vec<i64> = tx
+                        .prepare_cached(
+                            "SELECT id FROM subtasks WHERE task_id = ?1 AND state = 'queued'
+                             AND (not_before IS NULL OR not_before <= ?2) ORDER BY id LIMIT ?3",
+                        )?
+                        .query_map(params![task_id, now_ms as i64, n], |r| r.get(0))?
+                        .collect::<Result<_, _>>()?;
+                    heads.extend(ids.into_iter().map(|id| (*priority, id)));
+                }
+                heads.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+                heads.truncate(n as usize);
+                let mut rows = Vec::with_capacity(heads.len());
+                for (_, id) in heads {
+                    rows.push(
+                        tx.prepare_cached(&format!(
+                            "UPDATE subtasks SET state = 'leased', worker_id = ?1, attempt = attempt + 1,
+                                lease_id = ?3 WHERE id = ?2 {RETURNING}"
+                        ))?
+                        .query_row(params![worker_id, id, request_id], leased_row)?,
+                    );
+                }
+                rows
+            };
+            let queue_wait_ms =
+                rows.iter().map(|(_, _, queued)| now_ms.saturating_sub(queued.unwrap_or(now_ms as i64) as u64)).collect();
+            let rows = rows.into_iter().map(|(p, s, _)| (p, s)).collect();
+            Ok(Leased { lease: lease_of(tx, worker_id, rows, true)?, queue_wait_ms })
         })
     }
 
@@ -688,7 +856,8 @@ impl TaskStore for SqliteStore {
                                 .saturating_mul(1 << (c.attempt.saturating_sub(1)).min(20))
                                 .min(retry.max_backoff_ms);
                             tx.prepare_cached(
-                                "UPDATE subtasks SET state = 'queued', worker_id = NULL, not_before = ?2 WHERE id = ?1",
+                                "UPDATE subtasks SET state = 'queued', worker_id = NULL, not_before = ?2, queued_at = ?2
+                                 WHERE id = ?1",
                             )?
                             .execute(params![c.subtask_id, (now_ms + backoff) as i64])?;
                             d.queued += 1;
@@ -732,7 +901,7 @@ impl TaskStore for SqliteStore {
                         let priority: i32 =
                             tx.query_row("SELECT priority FROM tasks WHERE id = ?1", params![task_id], |r| r.get(0))?;
                         for (i, input) in inputs.iter().enumerate() {
-                            insert_subtask(tx, &task_id, Phase::Map, i as u64, priority, input)?;
+                            insert_subtask(tx, &task_id, Phase::Map, i as u64, priority, input, now_ms)?;
                         }
                         tx.execute(
                             "UPDATE tasks SET phase = 'map', map_total = ?2, n_queued = n_queued + ?2 WHERE id = ?1",
@@ -773,7 +942,7 @@ impl TaskStore for SqliteStore {
                         .collect::<Result<_, _>>()?;
                     let priority: i32 =
                         tx.query_row("SELECT priority FROM tasks WHERE id = ?1", params![task_id], |r| r.get(0))?;
-                    insert_subtask(tx, task_id, Phase::Reduce, 0, priority, &frame::encode_frames(&outputs))?;
+                    insert_subtask(tx, task_id, Phase::Reduce, 0, priority, &frame::encode_frames(&outputs), now_ms)?;
                     tx.execute(
                         "UPDATE tasks SET phase = 'reduce', n_queued = n_queued + 1 WHERE id = ?1",
                         params![task_id],
@@ -840,21 +1009,50 @@ impl ResultStore for SqliteStore {
 impl MetadataStore for SqliteStore {
     fn register_worker(&self, id: &str, worker: &RegisterWorker, now_ms: u64) -> StoreResult<()> {
         let labels = serde_json::to_string(&worker.labels).map_err(|e| StoreError::Backend(e.to_string()))?;
+        let resources =
+            serde_json::to_string(&worker.resources).map_err(|e| StoreError::Backend(e.to_string()))?;
         self.write(|tx| {
             tx.execute(
-                "INSERT INTO workers (id, name, state, slots, memory, cores, labels, registered_at, last_heartbeat)
-                 VALUES (?1, ?2, 'alive', ?3, ?4, ?5, ?6, ?7, ?7)",
-                params![id, worker.name, worker.slots, worker.memory_bytes as i64, worker.cores, labels, now_ms as i64],
+                "INSERT INTO workers (id, name, state, slots, memory, cores, labels, registered_at, last_heartbeat,
+                    resources)
+                 VALUES (?1, ?2, 'alive', ?3, ?4, ?5, ?6, ?7, ?7, ?8)",
+                params![
+                    id,
+                    worker.name,
+                    worker.slots,
+                    worker.memory_bytes as i64,
+                    worker.cores,
+                    labels,
+                    now_ms as i64,
+                    resources
+                ],
             )?;
+            for module in &worker.modules {
+                tx.prepare_cached("INSERT OR IGNORE INTO worker_modules (worker_id, module_id) VALUES (?1, ?2)")?
+                    .execute(params![id, module])?;
+            }
             Ok(())
         })
     }
 
-    fn heartbeat(&self, id: &str, running: u32, now_ms: u64) -> StoreResult<HeartbeatReply> {
+    fn heartbeat(
+        &self,
+        id: &str,
+        running: u32,
+        resources: Option<&Resources>,
+        now_ms: u64,
+    ) -> StoreResult<HeartbeatReply> {
+        let resources = resources
+            .map(serde_json::to_string)
+            .transpose()
+            .map_err(|e| StoreError::Backend(e.to_string()))?;
         self.write(|tx| {
             let n = tx
-                .prepare_cached("UPDATE workers SET last_heartbeat = ?2, running = ?3 WHERE id = ?1 AND state = 'alive'")?
-                .execute(params![id, now_ms as i64, running])?;
+                .prepare_cached(
+                    "UPDATE workers SET last_heartbeat = ?2, running = ?3, resources = COALESCE(?4, resources)
+                     WHERE id = ?1 AND state = 'alive'",
+                )?
+                .execute(params![id, now_ms as i64, running, resources])?;
             if n == 0 {
                 return Err(StoreError::UnknownWorker(id.to_owned()));
             }
@@ -875,6 +1073,7 @@ impl MetadataStore for SqliteStore {
             if n == 0 {
                 return Err(StoreError::UnknownWorker(id.to_owned()));
             }
+            tx.prepare_cached("DELETE FROM worker_modules WHERE worker_id = ?1")?.execute(params![id])?;
             Ok(Self::requeue_worker(tx, id, false, now_ms)?.0)
         })
     }
@@ -883,7 +1082,9 @@ impl MetadataStore for SqliteStore {
         self.read(|conn| {
             conn.prepare_cached(
                 "SELECT id, name, state, slots, memory, cores, labels, running, last_heartbeat, completed, failed,
-                    fuel, wall_us, peak_memory FROM workers ORDER BY registered_at",
+                    fuel, wall_us, peak_memory, resources,
+                    (SELECT COUNT(*) FROM subtasks s WHERE s.worker_id = workers.id AND s.state = 'leased')
+                 FROM workers ORDER BY registered_at",
             )?
             .query_map([], |r| {
                 let labels: String = r.get(6)?;
@@ -900,6 +1101,8 @@ impl MetadataStore for SqliteStore {
                     completed: u64_at(r, 9)?,
                     failed: u64_at(r, 10)?,
                     usage: usage_at(r, 11)?,
+                    resources: serde_json::from_str(&r.get::<_, String>(14)?).unwrap_or_default(),
+                    leased: u64_at(r, 15)?,
                 })
             })?
             .collect()
@@ -920,6 +1123,7 @@ impl MetadataStore for SqliteStore {
             let mut out = Vec::new();
             for id in silent.into_iter().filter(|id| !heard_from.contains(id)) {
                 tx.prepare_cached("UPDATE workers SET state = 'dead' WHERE id = ?1")?.execute(params![id])?;
+                tx.prepare_cached("DELETE FROM worker_modules WHERE worker_id = ?1")?.execute(params![id])?;
                 let (requeued, _) = Self::requeue_worker(tx, &id, true, now_ms)?;
                 out.push((id, requeued));
             }
@@ -971,6 +1175,7 @@ mod tests {
             split: false,
             reduce: false,
             labels: BTreeMap::new(),
+            requires: BTreeMap::new(),
             idempotency_key: None,
             deadline_at_ms: None,
             inputs: (0..inputs).map(|i| format!("{id}-{i}").into_bytes()).collect(),
@@ -978,14 +1183,32 @@ mod tests {
     }
 
     fn worker(store: &SqliteStore, id: &str, now: u64) {
+        register(store, id, 1, 1 << 30, &[], &[]);
+        let _ = now;
+    }
+
+    fn register(
+        store: &SqliteStore,
+        id: &str,
+        slots: u32,
+        memory: u64,
+        labels: &[(&str, &str)],
+        modules: &[&str],
+    ) {
         let reg = RegisterWorker {
             name: id.into(),
-            slots: 1,
-            memory_bytes: 1 << 30,
+            slots,
+            memory_bytes: memory,
             cores: 1,
-            labels: BTreeMap::new(),
+            labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            resources: Default::default(),
+            modules: modules.iter().map(|m| m.to_string()).collect(),
         };
-        store.register_worker(id, &reg, now).expect("register");
+        store.register_worker(id, &reg, 0).expect("register");
+    }
+
+    fn lease(store: &SqliteStore, worker: &str, max: u32, request: Option<&str>, now: u64) -> Lease {
+        store.lease(worker, max, request, &[], now).expect("lease").lease
     }
 
     fn ok(subtask_id: i64, attempt: u32) -> Completion {
@@ -995,6 +1218,7 @@ mod tests {
             outcome: Outcome::Output(Blob(b"out".to_vec())),
             log: Blob::default(),
             usage: Usage::default(),
+            started_at_us: None,
         }
     }
 
@@ -1004,7 +1228,7 @@ mod tests {
         store.submit(task("low", 1, 2), 0).expect("submit");
         store.submit(task("high", 5, 2), 0).expect("submit");
         worker(&store, "w", 0);
-        let lease = store.lease("w", 3, None, 0).expect("lease");
+        let lease = lease(&store, "w", 3, None, 0);
         let inputs: Vec<Vec<u8>> = lease.subtasks.iter().map(|s| s.input.0.clone()).collect();
         assert_eq!(inputs, vec![b"high-0".to_vec(), b"high-1".to_vec(), b"low-0".to_vec()]);
     }
@@ -1014,17 +1238,17 @@ mod tests {
         let (_dir, store) = store();
         store.submit(task("t", 0, 5), 0).expect("submit");
         worker(&store, "w", 0);
-        let first = store.lease("w", 2, Some("r1"), 0).expect("lease");
-        let again = store.lease("w", 2, Some("r1"), 0).expect("lease again");
+        let first = lease(&store, "w", 2, Some("r1"), 0);
+        let again = lease(&store, "w", 2, Some("r1"), 0);
         assert_eq!(first, again, "a repeated request leases nothing new");
         let counts = store.task_status("t").expect("status").expect("task").subtasks;
         assert_eq!((counts.queued, counts.leased), (3, 2));
-        let next = store.lease("w", 2, Some("r2"), 0).expect("next lease");
+        let next = lease(&store, "w", 2, Some("r2"), 0);
         let ids: Vec<i64> = next.subtasks.iter().map(|s| s.subtask_id).collect();
         assert!(ids.iter().all(|id| first.subtasks.iter().all(|s| s.subtask_id != *id)));
         // Another worker's request id does not see them.
         worker(&store, "w2", 0);
-        assert_eq!(store.lease("w2", 1, Some("r1"), 0).expect("lease").subtasks[0].input.0, b"t-4");
+        assert_eq!(lease(&store, "w2", 1, Some("r1"), 0).subtasks[0].input.0, b"t-4");
     }
 
     #[test]
@@ -1032,7 +1256,7 @@ mod tests {
         let (_dir, store) = store();
         store.submit(task("t", 0, 1), 0).expect("submit");
         worker(&store, "w", 0);
-        let leased = store.lease("w", 1, None, 0).expect("lease").subtasks.remove(0);
+        let leased = lease(&store, "w", 1, None, 0).subtasks.remove(0);
         let done =
             store.complete("w", vec![ok(leased.subtask_id, 2)], RetryPolicy::default(), 1).expect("complete");
         assert_eq!(done.reply.refused, vec![leased.subtask_id], "wrong attempt");
@@ -1053,14 +1277,57 @@ mod tests {
         let (_dir, store) = store();
         store.submit(task("t", 0, 1), 0).expect("submit");
         worker(&store, "w", 0);
-        store.lease("w", 1, None, 0).expect("lease");
+        lease(&store, "w", 1, None, 0);
         let spared = store.expire_workers(1_000, &["w".to_string()], 5_000).expect("expire");
         assert!(spared.is_empty(), "a worker heard from recently is spared");
         let dead = store.expire_workers(1_000, &[], 5_000).expect("expire");
         assert_eq!(dead, vec![("w".to_string(), 1)]);
-        assert!(matches!(store.heartbeat("w", 0, 5_001), Err(StoreError::UnknownWorker(_))));
+        assert!(matches!(store.heartbeat("w", 0, None, 5_001), Err(StoreError::UnknownWorker(_))));
         worker(&store, "w2", 5_000);
-        let again = store.lease("w2", 1, None, 5_000).expect("lease").subtasks.remove(0);
+        let again = lease(&store, "w2", 1, None, 5_000).subtasks.remove(0);
         assert_eq!(again.attempt, 2, "the requeued subtask carries the next attempt number");
+    }
+
+    #[test]
+    fn placement_respects_memory_and_labels() {
+        let (_dir, store) = store();
+        let mut big = task("big", 0, 2);
+        big.limits.memory_bytes = 2 << 30;
+        store.submit(big, 0).expect("submit");
+        let mut zoned = task("zoned", 0, 2);
+        zoned.requires = [("zone".to_string(), "b".to_string())].into();
+        store.submit(zoned, 0).expect("submit");
+        register(&store, "small", 4, 1 << 30, &[("zone", "a")], &[]);
+        assert!(lease(&store, "small", 10, None, 0).subtasks.is_empty(), "nothing fits the small worker");
+        register(&store, "large", 4, 4 << 30, &[("zone", "a")], &[]);
+        let got = lease(&store, "large", 10, None, 0);
+        assert!(got.subtasks.iter().all(|s| s.task_id == "big") && got.subtasks.len() == 2, "{got:?}");
+        register(&store, "zone-b", 1, 1 << 30, &[("zone", "b")], &[]);
+        let got = lease(&store, "zone-b", 10, None, 0);
+        assert!(got.subtasks.iter().all(|s| s.task_id == "zoned") && got.subtasks.len() == 2, "{got:?}");
+    }
+
+    #[test]
+    fn idle_module_holder_is_preferred() {
+        let (_dir, store) = store();
+        store.submit(task("t", 0, 1), 0).expect("submit");
+        register(&store, "holder", 1, 1 << 30, &[], &["sha256:m"]);
+        register(&store, "cold", 1, 1 << 30, &[], &[]);
+        let idle = ["holder".to_string()];
+        let got = store.lease("cold", 1, None, &idle, 0).expect("lease").lease;
+        assert!(got.subtasks.is_empty(), "left to the idle worker that holds the module");
+        let got = store.lease("holder", 1, None, &["cold".to_string()], 0).expect("lease");
+        assert_eq!(got.lease.subtasks.len(), 1);
+        assert_eq!(got.queue_wait_ms, vec![0]);
+    }
+
+    #[test]
+    fn a_lease_takes_at_most_a_fair_share_of_the_backlog() {
+        let (_dir, store) = store();
+        store.submit(task("t", 0, 10), 0).expect("submit");
+        register(&store, "a", 1, 1 << 30, &[], &[]);
+        register(&store, "b", 3, 1 << 30, &[], &[]);
+        assert_eq!(lease(&store, "a", 100, None, 0).subtasks.len(), 3, "ceil(10 * 1 / 4)");
+        assert_eq!(lease(&store, "b", 100, None, 0).subtasks.len(), 6, "ceil(7 * 3 / 4)");
     }
 }

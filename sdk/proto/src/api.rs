@@ -114,6 +114,9 @@ pub struct SubmitTask {
     pub idempotency_key: Option<String>,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// Worker labels a worker must carry to run this task's subtasks (`--require zone=a`).
+    #[serde(default)]
+    pub requires: BTreeMap<String, String>,
     /// Whole-task deadline in milliseconds from submission.
     pub deadline_ms: Option<u64>,
 }
@@ -189,6 +192,9 @@ pub struct TaskStatus {
     /// Usage summed over every finished subtask (peak memory is the maximum).
     pub usage: Usage,
     pub error: Option<String>,
+    /// Worker labels the task's subtasks require.
+    #[serde(default)]
+    pub requires: BTreeMap<String, String>,
     pub created_at_ms: u64,
     pub finished_at_ms: Option<u64>,
 }
@@ -222,6 +228,9 @@ pub struct SubtaskInfo {
     pub usage: Option<Usage>,
     pub error_kind: Option<String>,
     pub error: Option<String>,
+    /// When the recorded attempt started running on its worker (microseconds since the Unix epoch, the
+    /// worker's clock); it ran for `usage.wall_time_us`.
+    pub started_at_us: Option<u64>,
     /// Earlier attempts that did not produce the recorded outcome (lost workers, retried errors).
     pub attempts: Vec<AttemptInfo>,
     pub finished_at_ms: Option<u64>,
@@ -250,16 +259,36 @@ pub struct TaskList {
     pub tasks: Vec<TaskStatus>,
 }
 
+/// What a worker's machine has and how busy it is, from the worker's resource monitor.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct Resources {
+    pub cores: u32,
+    pub total_memory_bytes: u64,
+    pub available_memory_bytes: u64,
+    /// Share of the machine's CPU time in use since the previous report, 0.0 to 1.0.
+    pub cpu_load: f32,
+    /// One-minute load average.
+    pub load_average: f64,
+}
+
 /// `POST /v1/workers`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct RegisterWorker {
     pub name: String,
+    /// Subtasks the worker runs at once; each needs one.
     pub slots: u32,
+    /// Memory budget for subtasks: the memory limits of the subtasks running at once never exceed it.
     pub memory_bytes: u64,
     pub cores: u32,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub resources: Resources,
+    /// Modules already compiled in the worker's cache (the scheduler prefers workers that hold a module).
+    #[serde(default)]
+    pub modules: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -274,6 +303,9 @@ pub struct Registered {
 #[serde(deny_unknown_fields)]
 pub struct Heartbeat {
     pub running: u32,
+    /// The resource monitor's latest reading.
+    #[serde(default)]
+    pub resources: Option<Resources>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -329,6 +361,9 @@ pub struct Completion {
     #[serde(default)]
     pub log: Blob,
     pub usage: Usage,
+    /// When the run started (microseconds since the Unix epoch, the worker's clock).
+    #[serde(default)]
+    pub started_at_us: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -362,7 +397,12 @@ pub struct WorkerInfo {
     pub memory_bytes: u64,
     pub cores: u32,
     pub labels: BTreeMap<String, String>,
+    /// The resource monitor's latest reading.
+    pub resources: Resources,
+    /// Subtasks running, as of the last heartbeat.
     pub running: u32,
+    /// Subtasks leased to the worker now (running or waiting there for a slot).
+    pub leased: u64,
     pub last_heartbeat_ms: u64,
     pub completed: u64,
     pub failed: u64,

@@ -4,7 +4,9 @@
 use super::local::{LocalCluster, cpu_time};
 use super::percentile;
 use crate::commands::Global;
-use hivemind_client::{Heartbeat, LeaseRequest, LimitsSpec, RegisterWorker, SubmitTask, TaskState};
+use hivemind_client::{
+    Heartbeat, LeaseRequest, LimitsSpec, RegisterWorker, Resources, SubmitTask, TaskState,
+};
 use hivemind_guest_programs as programs;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -165,6 +167,8 @@ impl HeartbeatBench {
                     memory_bytes: 1 << 30,
                     cores: 1,
                     labels: Default::default(),
+                    resources: Default::default(),
+                    modules: Vec::new(),
                 })
                 .await?;
             let lease = client
@@ -252,7 +256,15 @@ async fn beat_all(
             }
             tokio::time::sleep_until(next.into()).await;
             if send {
-                client.heartbeat(id, &Heartbeat { running }).await?;
+                // What a real worker sends: its running count and a resource monitor reading.
+                let resources = Resources {
+                    cores: 8,
+                    total_memory_bytes: 32 << 30,
+                    available_memory_bytes: 20 << 30,
+                    cpu_load: 0.75,
+                    load_average: 6.1,
+                };
+                client.heartbeat(id, &Heartbeat { running, resources: Some(resources) }).await?;
                 sent += 1;
             }
         }

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 mod faults;
 mod local;
+mod scaling;
 
 use local::{LocalCluster, peak_rss_mb};
 
@@ -66,6 +67,8 @@ pub enum Which {
     Failover(faults::FailoverBench),
     /// Coordinator CPU spent on heartbeats of many simulated workers holding many leases each.
     Heartbeats(faults::HeartbeatBench),
+    /// Throughput of a CPU-bound task on 1, 4 and 1 + 4 slots, and the local autoscaler's reaction times.
+    Scaling(scaling::ScalingBench),
 }
 
 impl Bench {
@@ -75,6 +78,7 @@ impl Bench {
             Which::E2e(b) => super::async_main(b.execute(global)),
             Which::Failover(b) => super::async_main(b.execute(global)),
             Which::Heartbeats(b) => super::async_main(b.execute(global)),
+            Which::Scaling(b) => super::async_main(b.execute(global)),
         }
     }
 }
