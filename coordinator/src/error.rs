@@ -47,6 +47,7 @@ impl From<StoreError> for ApiError {
             e @ StoreError::UnknownWorker(_) => {
                 ApiError::new(StatusCode::GONE, "worker_unknown", e.to_string())
             }
+            StoreError::Contention(m) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "store_busy", m),
             StoreError::Backend(m) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", m),
         }
     }

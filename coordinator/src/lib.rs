@@ -27,6 +27,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use store::Store;
+use store::postgres::{PostgresStore, StoreEvent};
 use store::sqlite::{Durability, SqliteStore};
 use tokio::sync::{Notify, watch};
 
@@ -88,6 +89,27 @@ impl Coordinator {
         let store = SqliteStore::open(&path, Durability::Process)
             .map_err(|e| anyhow::anyhow!("cannot open the store `{}`: {e}", path.display()))?;
         Self::with_store(config, Arc::new(store))
+    }
+
+    /// Opens the PostgreSQL store at `url` (running its migrations) and prepares the coordinator, which
+    /// hears from the other coordinators of the cluster through the store's notifications. Blocks: call it
+    /// outside the async runtime's threads (`spawn_blocking`).
+    pub fn open_postgres(config: Config, url: &str) -> anyhow::Result<Arc<Self>> {
+        let store = Arc::new(
+            PostgresStore::open(url).map_err(|e| anyhow::anyhow!("cannot open the PostgreSQL store: {e}"))?,
+        );
+        let coordinator = Self::with_store(config, store.clone())?;
+        let weak = Arc::downgrade(&coordinator);
+        store.listen(Box::new(move |event| {
+            let Some(coordinator) = weak.upgrade() else { return false };
+            match event {
+                Some(StoreEvent::Work) => coordinator.work_available(),
+                Some(StoreEvent::TaskFinished) => coordinator.tasks_finished(1),
+                None => {}
+            }
+            true
+        }))?;
+        Ok(coordinator)
     }
 
     /// Prepares a coordinator on any store backend.

@@ -1,4 +1,4 @@
-//! `hivemind coordinator`: serve the API on the embedded SQLite store.
+//! `hivemind coordinator`: serve the API on the embedded SQLite store or on a shared PostgreSQL.
 
 use super::Global;
 use anyhow::Context;
@@ -8,18 +8,24 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-/// Run a coordinator: the HTTP API, the scheduler and the failure detector, with state in `--data-dir`.
+/// Run a coordinator: the HTTP API, the scheduler and the failure detector, with state in `--data-dir`
+/// (SQLite) or in PostgreSQL (`--store postgres://…`), which several coordinators can share.
 #[derive(Debug, clap::Args)]
 #[command(after_help = "Examples:\n  hivemind coordinator\n  \
     hivemind coordinator --listen 127.0.0.1:6000 --data-dir /var/lib/hivemind\n  \
-    hivemind coordinator --local-workers 1..4 --local-worker-slots 2")]
+    hivemind coordinator --local-workers 1..4 --local-worker-slots 2\n  \
+    hivemind coordinator --listen 0.0.0.0:5000 --store postgres://hivemind@db.internal/hivemind")]
 pub struct CoordinatorCmd {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:5000")]
     pub listen: String,
-    /// Directory of the SQLite database.
+    /// Directory of the SQLite database (the default store).
     #[arg(long, default_value = "./hivemind-data")]
     pub data_dir: PathBuf,
+    /// Where state lives: `sqlite` (a file in `--data-dir`) or a PostgreSQL URL
+    /// (`postgres://user@host:port/db`, optionally `?schema=NAME`) shared by several coordinators.
+    #[arg(long, env = "HIVEMIND_STORE", default_value = "sqlite", value_parser = parse_store)]
+    pub store: StoreUrl,
     /// Expected interval between worker heartbeats.
     #[arg(long, value_parser = super::parse_duration, default_value = "1s")]
     pub heartbeat: Duration,
@@ -48,6 +54,23 @@ pub struct CoordinatorCmd {
     /// How often the local autoscaler decides.
     #[arg(long, value_parser = super::parse_duration, default_value = "250ms", requires = "local_workers")]
     pub scale_interval: Duration,
+}
+
+/// Which store backend a coordinator uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreUrl {
+    Sqlite,
+    Postgres(String),
+}
+
+fn parse_store(text: &str) -> Result<StoreUrl, String> {
+    if text == "sqlite" {
+        Ok(StoreUrl::Sqlite)
+    } else if text.starts_with("postgres://") || text.starts_with("postgresql://") {
+        Ok(StoreUrl::Postgres(text.to_owned()))
+    } else {
+        Err(format!("unsupported store `{text}`: use `sqlite` or a `postgres://` URL"))
+    }
 }
 
 /// Parses `MIN..MAX` (or a single number, meaning exactly that many).
@@ -108,14 +131,20 @@ impl CoordinatorCmd {
             let program = std::env::current_exe().context("cannot find the hivemind executable")?;
             config.local_workers = Some(LocalWorkers { policy, program, args });
         }
-        let coordinator = Coordinator::open(config)?;
+        let (coordinator, where_) = match &self.store {
+            StoreUrl::Sqlite => (Coordinator::open(config)?, format!("data in {}", self.data_dir.display())),
+            StoreUrl::Postgres(url) => {
+                let url = url.clone();
+                // The PostgreSQL client blocks: open it off the async threads.
+                let coordinator =
+                    tokio::task::spawn_blocking(move || Coordinator::open_postgres(config, &url)).await??;
+                (coordinator, "state in PostgreSQL".to_string())
+            }
+        };
         if global.json {
             println!("{}", serde_json::json!({ "listening": format!("http://{addr}") }));
         } else {
-            eprintln!(
-                "hivemind coordinator listening on http://{addr} (data in {})",
-                self.data_dir.display()
-            );
+            eprintln!("hivemind coordinator listening on http://{addr} ({where_})");
         }
         hivemind_coordinator::serve(listener, coordinator, super::shutdown_signal()).await?;
         Ok(ExitCode::SUCCESS)

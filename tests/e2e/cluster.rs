@@ -77,7 +77,11 @@ impl Cluster {
 
     pub fn add_worker(&mut self, slots: u32, extra: &[&str]) {
         let mut cmd = Command::new(BIN);
-        cmd.args(["worker", "--coordinator", &self.url, "--slots", &slots.to_string()]);
+        cmd.arg("worker");
+        if !extra.contains(&"--coordinator") {
+            cmd.args(["--coordinator", &self.url]);
+        }
+        cmd.args(["--slots", &slots.to_string()]);
         if !extra.contains(&"--cache-dir") {
             cmd.arg("--cache-dir").arg(module_cache());
         }

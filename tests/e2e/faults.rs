@@ -17,12 +17,12 @@ use std::time::{Duration, Instant};
 const BASE: u64 = 1_000_000_000;
 const WIDTH: u64 = 500;
 
-fn range_input(i: u64) -> Blob {
+pub(crate) fn range_input(i: u64) -> Blob {
     Blob(format!("{} {}", BASE + i * WIDTH, BASE + (i + 1) * WIDTH).into_bytes())
 }
 
 /// Prime counts of the ranges `[BASE + i·WIDTH, BASE + (i+1)·WIDTH)` for `i < n`, by a segmented sieve.
-fn expected_counts(n: u64) -> Vec<u64> {
+pub(crate) fn expected_counts(n: u64) -> Vec<u64> {
     let hi = BASE + n * WIDTH;
     let limit = (hi as f64).sqrt() as usize + 1;
     let mut small = vec![true; limit + 1];

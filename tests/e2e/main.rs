@@ -4,6 +4,7 @@
 mod api;
 mod cluster;
 mod faults;
+mod postgres;
 mod scaling;
 mod tasks;
 

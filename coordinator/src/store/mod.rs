@@ -5,13 +5,17 @@
 //! calls them on tokio's blocking pool. Every method that changes state commits before it returns, so an
 //! acknowledged change survives a crash of the coordinator.
 
+#[cfg(test)]
+mod conformance;
+pub mod placement;
+pub mod postgres;
 pub mod sqlite;
 
 use hivemind_proto::Limits;
 use hivemind_proto::Phase;
 use hivemind_proto::api::{
-    CompleteReply, Completion, HeartbeatReply, Lease, ModuleInfo, RegisterWorker, Resources, SubtaskInfo,
-    TaskResult, TaskState, TaskStatus, WorkerInfo,
+    AttemptInfo, CompleteReply, Completion, HeartbeatReply, Lease, ModuleInfo, RegisterWorker, Resources,
+    SubtaskInfo, TaskResult, TaskState, TaskStatus, WorkerInfo,
 };
 use std::collections::BTreeMap;
 
@@ -25,6 +29,10 @@ pub enum StoreError {
     /// The worker is unknown or was declared dead: it must register again.
     #[error("worker `{0}` is not registered (or was declared dead): register again")]
     UnknownWorker(String),
+    /// The backend aborted the change because of concurrent changes (a deadlock, a serialization failure);
+    /// trying again may succeed.
+    #[error("storage busy with concurrent changes: {0}")]
+    Contention(String),
     #[error("storage backend error: {0}")]
     Backend(String),
 }
@@ -93,6 +101,30 @@ impl Default for RetryPolicy {
     fn default() -> Self {
         RetryPolicy { base_backoff_ms: 100, max_backoff_ms: 30_000 }
     }
+}
+
+impl RetryPolicy {
+    /// Backoff after attempt `attempt` failed: the base doubled for each attempt after the first, capped.
+    pub fn backoff_ms(&self, attempt: u32) -> u64 {
+        self.base_backoff_ms.saturating_mul(1 << attempt.saturating_sub(1).min(20)).min(self.max_backoff_ms)
+    }
+}
+
+/// "attempt 1 on worker `w1`: worker_lost: …; attempt 2 on worker `w2`: …": a subtask's failed attempts.
+pub fn describe_attempts(attempts: &[AttemptInfo]) -> String {
+    attempts
+        .iter()
+        .map(|a| {
+            format!(
+                "attempt {} on worker `{}`: {}: {}",
+                a.attempt,
+                a.worker_id.as_deref().unwrap_or_default(),
+                a.error_kind,
+                a.error
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// What one lease request got: the subtasks, and how long each had waited in the queue.

@@ -6,12 +6,13 @@
 //! killed coordinator (kill -9) loses nothing; `Durability::Full` also survives power loss at the cost of
 //! an fsync per commit.
 
+use super::placement::{self, ActiveTask, Candidate, Facts, Plan, parse_labels};
 use super::*;
 use hivemind_proto::api::{AttemptInfo, Blob, LeasedSubtask, LeasedTask, Outcome, SubtaskCounts};
 use hivemind_proto::{ErrorKind, Phase, Usage, frame};
 use parking_lot::Mutex;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Transaction, params};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -365,21 +366,9 @@ fn attempts_of(conn: &Connection, subtask_id: i64) -> rusqlite::Result<Vec<Attem
     .collect()
 }
 
-/// "attempt 1 on worker `w1`: worker_lost: …; attempt 2 on worker `w2`: …" for one subtask.
+/// The failed attempts of a subtask, described for its task's error.
 fn attempt_history(conn: &Connection, subtask_id: i64) -> rusqlite::Result<String> {
-    Ok(attempts_of(conn, subtask_id)?
-        .into_iter()
-        .map(|a| {
-            format!(
-                "attempt {} on worker `{}`: {}: {}",
-                a.attempt,
-                a.worker_id.unwrap_or_default(),
-                a.error_kind,
-                a.error
-            )
-        })
-        .collect::<Vec<_>>()
-        .join("; "))
+    Ok(describe_attempts(&attempts_of(conn, subtask_id)?))
 }
 
 /// The lease answer for `rows` (priority, subtask): highest priority first, FIFO within one, with each
@@ -416,104 +405,60 @@ fn lease_of(
     Ok(lease)
 }
 
-fn parse_labels(json: &str) -> BTreeMap<String, String> {
-    if json == "{}" { BTreeMap::new() } else { serde_json::from_str(json).unwrap_or_default() }
-}
+/// What placement asks the SQLite store while planning a lease.
+struct SqliteFacts<'a, 'b>(&'a Transaction<'b>);
 
-/// A worker as placement sees it.
-struct Placed<'a> {
-    id: &'a str,
-    slots: u32,
-    memory: u64,
-    labels: BTreeMap<String, String>,
-}
+impl Facts for SqliteFacts<'_, '_> {
+    type Error = rusqlite::Error;
 
-impl Placed<'_> {
-    fn fits(&self, memory: u64, requires: &BTreeMap<String, String>) -> bool {
-        memory <= self.memory && labels_match(requires, &self.labels)
+    fn leased(&mut self, worker: &str) -> rusqlite::Result<u32> {
+        self.0
+            .prepare_cached("SELECT COUNT(*) FROM subtasks WHERE worker_id = ?1 AND state = 'leased'")?
+            .query_row(params![worker], |r| r.get(0))
+    }
+
+    fn holds(&mut self, worker: &str, module: &str) -> rusqlite::Result<bool> {
+        self.0
+            .prepare_cached("SELECT 1 FROM worker_modules WHERE worker_id = ?1 AND module_id = ?2")?
+            .query_row(params![worker, module], |_| Ok(()))
+            .optional()
+            .map(|r| r.is_some())
     }
 }
 
-/// Which tasks a lease may take subtasks from, and how many at most.
-struct Plan {
-    /// (task, priority) of the tasks whose subtasks this worker should take.
-    tasks: Vec<(String, i32)>,
-    /// Every task with queued work is in `tasks` (the plain queue-order lease applies).
-    all: bool,
-    /// The worker's fair share of that backlog: its part of the live slots, at least its own slots.
-    share: u32,
-}
-
-/// Placement for one lease by `me` (SPEC §4): a task is taken only if its memory limit is within the
-/// worker's budget and the worker carries every label it requires; it is left to an idle worker
-/// (`idle_peers`: long-polling now) that fits it when that worker holds the task's module and this one does
-/// not, or when both hold it alike and this worker's slots are already full.
-fn plan_lease(tx: &Transaction<'_>, me: &Placed<'_>, idle_peers: &[String]) -> StoreResult<Plan> {
-    let active: Vec<(String, i32, i64, String, String, i64)> = tx
+/// Reads what placement needs and plans a lease by `me` (`placement::plan`).
+fn plan_lease(tx: &Transaction<'_>, me: &Candidate, idle_peers: &[String]) -> StoreResult<Plan> {
+    let active: Vec<ActiveTask> = tx
         .prepare_cached(
             "SELECT id, priority, memory, requires, module_id, n_queued FROM tasks
              WHERE state IN ('queued', 'running') AND n_queued > 0",
         )?
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)))?
+        .query_map([], |r| {
+            Ok(ActiveTask {
+                id: r.get(0)?,
+                priority: r.get(1)?,
+                memory: u64_at(r, 2)?,
+                requires: parse_labels(&r.get::<_, String>(3)?),
+                module_id: r.get(4)?,
+                queued: u64_at(r, 5)?,
+            })
+        })?
         .collect::<Result<_, _>>()?;
-    let mut plan = Plan { tasks: Vec::new(), all: true, share: 0 };
     if active.is_empty() {
-        return Ok(plan);
+        return Ok(Plan { all: true, ..Plan::default() });
     }
-    let alive: Vec<(String, u32, i64, String)> = tx
+    let alive: Vec<Candidate> = tx
         .prepare_cached("SELECT id, slots, memory, labels FROM workers WHERE state = 'alive'")?
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+        .query_map([], |r| {
+            Ok(Candidate {
+                id: r.get(0)?,
+                slots: r.get(1)?,
+                memory: u64_at(r, 2)?,
+                labels: parse_labels(&r.get::<_, String>(3)?),
+            })
+        })?
         .collect::<Result<_, _>>()?;
-    let alive: Vec<Placed<'_>> = alive
-        .iter()
-        .map(|(id, slots, memory, labels)| Placed {
-            id,
-            slots: *slots,
-            memory: *memory as u64,
-            labels: parse_labels(labels),
-        })
-        .collect();
-    let peers: Vec<&Placed<'_>> =
-        alive.iter().filter(|p| p.id != me.id && idle_peers.iter().any(|i| i == p.id)).collect();
-    let mine_full = !peers.is_empty() && {
-        let leased: u32 = tx
-            .prepare_cached("SELECT COUNT(*) FROM subtasks WHERE worker_id = ?1 AND state = 'leased'")?
-            .query_row(params![me.id], |r| r.get(0))?;
-        leased >= me.slots
-    };
-    let holds = |worker: &str, module: &str| -> rusqlite::Result<bool> {
-        tx.prepare_cached("SELECT 1 FROM worker_modules WHERE worker_id = ?1 AND module_id = ?2")?
-            .query_row(params![worker, module], |_| Ok(()))
-            .optional()
-            .map(|r| r.is_some())
-    };
-    let mut fair = 0u64;
-    for (task_id, priority, memory, requires, module_id, queued) in active {
-        let requires = parse_labels(&requires);
-        let memory = memory as u64;
-        let mut take = me.fits(memory, &requires);
-        if take && !peers.is_empty() {
-            let i_hold = holds(me.id, &module_id)?;
-            for peer in peers.iter().filter(|p| p.fits(memory, &requires)) {
-                let peer_holds = holds(peer.id, &module_id)?;
-                if (peer_holds && !i_hold) || (peer_holds == i_hold && mine_full) {
-                    take = false;
-                    break;
-                }
-            }
-        }
-        if take {
-            // This worker's part of the task's backlog: by its share of the slots that can run the task.
-            let fitting: u64 =
-                alive.iter().filter(|w| w.fits(memory, &requires)).map(|w| u64::from(w.slots)).sum();
-            fair += (queued as u64).saturating_mul(u64::from(me.slots)).div_ceil(fitting.max(1));
-            plan.tasks.push((task_id, priority));
-        } else {
-            plan.all = false;
-        }
-    }
-    plan.share = fair.max(u64::from(me.slots)).min(u64::from(u32::MAX)) as u32;
-    Ok(plan)
+    Ok(placement::plan(me, active, &alive, idle_peers, &mut SqliteFacts(tx))?)
 }
 
 impl ModuleStore for SqliteStore {
@@ -741,7 +686,7 @@ impl TaskStore for SqliteStore {
                     return Ok(Leased { lease: lease_of(tx, worker_id, rows, false)?, queue_wait_ms: Vec::new() });
                 }
             }
-            let me = Placed { id: worker_id, slots, memory: memory as u64, labels: parse_labels(&labels) };
+            let me = Candidate { id: worker_id.to_owned(), slots, memory: memory as u64, labels: parse_labels(&labels) };
             let plan = plan_lease(tx, &me, idle_peers)?;
             let n = max.min(plan.share);
             if n == 0 || plan.tasks.is_empty() {
@@ -851,10 +796,7 @@ impl TaskStore for SqliteStore {
                         let host_trouble = matches!(*kind, ErrorKind::Internal | ErrorKind::WorkerLost);
                         let guest_retry = retry_on_error && !matches!(*kind, ErrorKind::Cancelled | ErrorKind::InvalidModule);
                         if (host_trouble || guest_retry) && c.attempt < max_attempts {
-                            let backoff = retry
-                                .base_backoff_ms
-                                .saturating_mul(1 << (c.attempt.saturating_sub(1)).min(20))
-                                .min(retry.max_backoff_ms);
+                            let backoff = retry.backoff_ms(c.attempt);
                             tx.prepare_cached(
                                 "UPDATE subtasks SET state = 'queued', worker_id = NULL, not_before = ?2, queued_at = ?2
                                  WHERE id = ?1",
@@ -1155,179 +1097,24 @@ impl MetadataStore for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use hivemind_proto::api::{Completion, Outcome};
 
-    fn store() -> (tempfile::TempDir, SqliteStore) {
+    fn open() -> (tempfile::TempDir, SqliteStore) {
         let dir = tempfile::tempdir().expect("temp dir");
         let store = SqliteStore::open(&dir.path().join("test.db"), Durability::Process).expect("open");
-        store.put_module("sha256:m", "command", b"bytes", 0).expect("module");
         (dir, store)
     }
 
-    fn task(id: &str, priority: i32, inputs: usize) -> NewTask {
-        NewTask {
-            id: id.into(),
-            module_id: "sha256:m".into(),
-            priority,
-            limits: Limits::default(),
-            max_attempts: 2,
-            retry_on_error: false,
-            split: false,
-            reduce: false,
-            labels: BTreeMap::new(),
-            requires: BTreeMap::new(),
-            idempotency_key: None,
-            deadline_at_ms: None,
-            inputs: (0..inputs).map(|i| format!("{id}-{i}").into_bytes()).collect(),
+    crate::store::conformance::suite!(Some(open()));
+
+    #[test]
+    fn reopening_keeps_every_change() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("test.db");
+        {
+            let store = SqliteStore::open(&path, Durability::Process).expect("open");
+            crate::store::conformance::seed(&store);
         }
-    }
-
-    fn worker(store: &SqliteStore, id: &str, now: u64) {
-        register(store, id, 1, 1 << 30, &[], &[]);
-        let _ = now;
-    }
-
-    fn register(
-        store: &SqliteStore,
-        id: &str,
-        slots: u32,
-        memory: u64,
-        labels: &[(&str, &str)],
-        modules: &[&str],
-    ) {
-        let reg = RegisterWorker {
-            name: id.into(),
-            slots,
-            memory_bytes: memory,
-            cores: 1,
-            labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
-            resources: Default::default(),
-            modules: modules.iter().map(|m| m.to_string()).collect(),
-        };
-        store.register_worker(id, &reg, 0).expect("register");
-    }
-
-    fn lease(store: &SqliteStore, worker: &str, max: u32, request: Option<&str>, now: u64) -> Lease {
-        store.lease(worker, max, request, &[], now).expect("lease").lease
-    }
-
-    fn ok(subtask_id: i64, attempt: u32) -> Completion {
-        Completion {
-            subtask_id,
-            attempt,
-            outcome: Outcome::Output(Blob(b"out".to_vec())),
-            log: Blob::default(),
-            usage: Usage::default(),
-            started_at_us: None,
-        }
-    }
-
-    #[test]
-    fn lease_order_is_priority_then_fifo() {
-        let (_dir, store) = store();
-        store.submit(task("low", 1, 2), 0).expect("submit");
-        store.submit(task("high", 5, 2), 0).expect("submit");
-        worker(&store, "w", 0);
-        let lease = lease(&store, "w", 3, None, 0);
-        let inputs: Vec<Vec<u8>> = lease.subtasks.iter().map(|s| s.input.0.clone()).collect();
-        assert_eq!(inputs, vec![b"high-0".to_vec(), b"high-1".to_vec(), b"low-0".to_vec()]);
-    }
-
-    #[test]
-    fn repeated_lease_request_returns_the_same_subtasks() {
-        let (_dir, store) = store();
-        store.submit(task("t", 0, 5), 0).expect("submit");
-        worker(&store, "w", 0);
-        let first = lease(&store, "w", 2, Some("r1"), 0);
-        let again = lease(&store, "w", 2, Some("r1"), 0);
-        assert_eq!(first, again, "a repeated request leases nothing new");
-        let counts = store.task_status("t").expect("status").expect("task").subtasks;
-        assert_eq!((counts.queued, counts.leased), (3, 2));
-        let next = lease(&store, "w", 2, Some("r2"), 0);
-        let ids: Vec<i64> = next.subtasks.iter().map(|s| s.subtask_id).collect();
-        assert!(ids.iter().all(|id| first.subtasks.iter().all(|s| s.subtask_id != *id)));
-        // Another worker's request id does not see them.
-        worker(&store, "w2", 0);
-        assert_eq!(lease(&store, "w2", 1, Some("r1"), 0).subtasks[0].input.0, b"t-4");
-    }
-
-    #[test]
-    fn stale_completion_refused() {
-        let (_dir, store) = store();
-        store.submit(task("t", 0, 1), 0).expect("submit");
-        worker(&store, "w", 0);
-        let leased = lease(&store, "w", 1, None, 0).subtasks.remove(0);
-        let done =
-            store.complete("w", vec![ok(leased.subtask_id, 2)], RetryPolicy::default(), 1).expect("complete");
-        assert_eq!(done.reply.refused, vec![leased.subtask_id], "wrong attempt");
-        let done = store
-            .complete("other", vec![ok(leased.subtask_id, 1)], RetryPolicy::default(), 1)
-            .expect("complete");
-        assert_eq!(done.reply.refused, vec![leased.subtask_id], "wrong worker");
-        let done =
-            store.complete("w", vec![ok(leased.subtask_id, 1)], RetryPolicy::default(), 1).expect("complete");
-        assert_eq!((done.reply.accepted, done.finished_tasks), (1, vec!["t".to_string()]));
-        let done =
-            store.complete("w", vec![ok(leased.subtask_id, 1)], RetryPolicy::default(), 1).expect("complete");
-        assert_eq!(done.reply.refused, vec![leased.subtask_id], "already completed");
-    }
-
-    #[test]
-    fn silent_worker_expired_unless_heard_from() {
-        let (_dir, store) = store();
-        store.submit(task("t", 0, 1), 0).expect("submit");
-        worker(&store, "w", 0);
-        lease(&store, "w", 1, None, 0);
-        let spared = store.expire_workers(1_000, &["w".to_string()], 5_000).expect("expire");
-        assert!(spared.is_empty(), "a worker heard from recently is spared");
-        let dead = store.expire_workers(1_000, &[], 5_000).expect("expire");
-        assert_eq!(dead, vec![("w".to_string(), 1)]);
-        assert!(matches!(store.heartbeat("w", 0, None, 5_001), Err(StoreError::UnknownWorker(_))));
-        worker(&store, "w2", 5_000);
-        let again = lease(&store, "w2", 1, None, 5_000).subtasks.remove(0);
-        assert_eq!(again.attempt, 2, "the requeued subtask carries the next attempt number");
-    }
-
-    #[test]
-    fn placement_respects_memory_and_labels() {
-        let (_dir, store) = store();
-        let mut big = task("big", 0, 2);
-        big.limits.memory_bytes = 2 << 30;
-        store.submit(big, 0).expect("submit");
-        let mut zoned = task("zoned", 0, 2);
-        zoned.requires = [("zone".to_string(), "b".to_string())].into();
-        store.submit(zoned, 0).expect("submit");
-        register(&store, "small", 4, 1 << 30, &[("zone", "a")], &[]);
-        assert!(lease(&store, "small", 10, None, 0).subtasks.is_empty(), "nothing fits the small worker");
-        register(&store, "large", 4, 4 << 30, &[("zone", "a")], &[]);
-        let got = lease(&store, "large", 10, None, 0);
-        assert!(got.subtasks.iter().all(|s| s.task_id == "big") && got.subtasks.len() == 2, "{got:?}");
-        register(&store, "zone-b", 1, 1 << 30, &[("zone", "b")], &[]);
-        let got = lease(&store, "zone-b", 10, None, 0);
-        assert!(got.subtasks.iter().all(|s| s.task_id == "zoned") && got.subtasks.len() == 2, "{got:?}");
-    }
-
-    #[test]
-    fn idle_module_holder_is_preferred() {
-        let (_dir, store) = store();
-        store.submit(task("t", 0, 1), 0).expect("submit");
-        register(&store, "holder", 1, 1 << 30, &[], &["sha256:m"]);
-        register(&store, "cold", 1, 1 << 30, &[], &[]);
-        let idle = ["holder".to_string()];
-        let got = store.lease("cold", 1, None, &idle, 0).expect("lease").lease;
-        assert!(got.subtasks.is_empty(), "left to the idle worker that holds the module");
-        let got = store.lease("holder", 1, None, &["cold".to_string()], 0).expect("lease");
-        assert_eq!(got.lease.subtasks.len(), 1);
-        assert_eq!(got.queue_wait_ms, vec![0]);
-    }
-
-    #[test]
-    fn a_lease_takes_at_most_a_fair_share_of_the_backlog() {
-        let (_dir, store) = store();
-        store.submit(task("t", 0, 10), 0).expect("submit");
-        register(&store, "a", 1, 1 << 30, &[], &[]);
-        register(&store, "b", 3, 1 << 30, &[], &[]);
-        assert_eq!(lease(&store, "a", 100, None, 0).subtasks.len(), 3, "ceil(10 * 1 / 4)");
-        assert_eq!(lease(&store, "b", 100, None, 0).subtasks.len(), 6, "ceil(7 * 3 / 4)");
+        let store = SqliteStore::open(&path, Durability::Full).expect("reopen");
+        assert!(store.module_info("sha256:m").expect("info").is_some());
     }
 }
