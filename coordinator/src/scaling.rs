@@ -183,7 +183,6 @@ pub async fn supervise(config: LocalWorkers, coordinator: Arc<crate::Coordinator
                 age: now - c.started,
             });
         }
-        coordinator.metrics.local_workers.set(observed.len() as i64);
         let obs = Observation { queued, free_slots, workers: observed };
         match decide(&policy, &obs) {
             Decision::Hold => {}
@@ -229,6 +228,8 @@ pub async fn supervise(config: LocalWorkers, coordinator: Arc<crate::Coordinator
                 }
             }
         }
+        // After the decision, so the gauge never lags a start or stop the logs already announced.
+        coordinator.metrics.local_workers.set(children.iter().filter(|c| !c.stopping).count() as i64);
     }
 }
 

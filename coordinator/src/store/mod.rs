@@ -11,12 +11,12 @@ pub mod placement;
 pub mod postgres;
 pub mod sqlite;
 
-use hivemind_proto::Limits;
 use hivemind_proto::Phase;
 use hivemind_proto::api::{
     AttemptInfo, CompleteReply, Completion, HeartbeatReply, Lease, ModuleInfo, RegisterWorker, Resources,
     SubtaskInfo, TaskResult, TaskState, TaskStatus, WorkerInfo,
 };
+use hivemind_proto::{ErrorKind, Limits};
 use std::collections::BTreeMap;
 
 /// Errors of a store operation that callers act on; everything else is `Backend`.
@@ -108,7 +108,25 @@ impl RetryPolicy {
     pub fn backoff_ms(&self, attempt: u32) -> u64 {
         self.base_backoff_ms.saturating_mul(1 << attempt.saturating_sub(1).min(20)).min(self.max_backoff_ms)
     }
+
+    /// Whether attempt `attempt` failing with `kind` is tried again, and after how long: host trouble
+    /// always, guest errors only with `retry_on_error` (never a cancellation or an invalid module), while
+    /// attempts remain.
+    pub fn retry_after(
+        &self,
+        kind: ErrorKind,
+        retry_on_error: bool,
+        attempt: u32,
+        max_attempts: u32,
+    ) -> Option<u64> {
+        let host_trouble = matches!(kind, ErrorKind::Internal | ErrorKind::WorkerLost);
+        let guest_retry = retry_on_error && !matches!(kind, ErrorKind::Cancelled | ErrorKind::InvalidModule);
+        ((host_trouble || guest_retry) && attempt < max_attempts).then(|| self.backoff_ms(attempt))
+    }
 }
+
+/// The error of a task whose deadline passed.
+pub const DEADLINE_EXCEEDED: &str = "deadline_exceeded: the task did not finish before its deadline";
 
 /// "attempt 1 on worker `w1`: worker_lost: …; attempt 2 on worker `w2`: …": a subtask's failed attempts.
 pub fn describe_attempts(attempts: &[AttemptInfo]) -> String {

@@ -24,7 +24,7 @@ use ::postgres::fallible_iterator::FallibleIterator;
 use ::postgres::types::ToSql;
 use ::postgres::{Client, GenericClient, NoTls, Row, Statement};
 use hivemind_proto::api::{Blob, LeasedSubtask, LeasedTask, Outcome, SubtaskCounts};
-use hivemind_proto::{ErrorKind, Phase, Usage, frame};
+use hivemind_proto::{Phase, Usage, frame};
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::time::Duration;
@@ -1032,11 +1032,8 @@ impl TaskStore for PostgresStore {
                     Outcome::Error { kind, message } => {
                         worker.1 += 1;
                         record_attempt(tx, c.subtask_id, c.attempt, worker_id, kind.as_str(), message, now_ms)?;
-                        let host_trouble = matches!(*kind, ErrorKind::Internal | ErrorKind::WorkerLost);
-                        let guest_retry =
-                            retry_on_error && !matches!(*kind, ErrorKind::Cancelled | ErrorKind::InvalidModule);
-                        if (host_trouble || guest_retry) && c.attempt < max_attempts {
-                            let not_before = (now_ms + retry.backoff_ms(c.attempt)) as i64;
+                        if let Some(backoff) = retry.retry_after(*kind, retry_on_error, c.attempt, max_attempts) {
+                            let not_before = (now_ms + backoff) as i64;
                             d.queued += 1;
                             done.new_work = true;
                             fates.push((c, Fate::Retry { not_before }));
@@ -1202,8 +1199,7 @@ impl TaskStore for PostgresStore {
                 .collect();
             let mut finished = Vec::new();
             for id in due {
-                let error = "deadline_exceeded: the task did not finish before its deadline";
-                if finish_unsuccessfully(tx, &id, TaskState::Failed, Some(error), now_ms)? {
+                if finish_unsuccessfully(tx, &id, TaskState::Failed, Some(DEADLINE_EXCEEDED), now_ms)? {
                     finished.push(id);
                 }
             }

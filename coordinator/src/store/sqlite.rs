@@ -9,7 +9,7 @@
 use super::placement::{self, ActiveTask, Candidate, Facts, Plan, parse_labels};
 use super::*;
 use hivemind_proto::api::{AttemptInfo, Blob, LeasedSubtask, LeasedTask, Outcome, SubtaskCounts};
-use hivemind_proto::{ErrorKind, Phase, Usage, frame};
+use hivemind_proto::{Phase, Usage, frame};
 use parking_lot::Mutex;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Transaction, params};
 use std::collections::HashMap;
@@ -793,10 +793,7 @@ impl TaskStore for SqliteStore {
                              VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                         )?
                         .execute(params![c.subtask_id, c.attempt, worker_id, kind.as_str(), message, now_ms as i64])?;
-                        let host_trouble = matches!(*kind, ErrorKind::Internal | ErrorKind::WorkerLost);
-                        let guest_retry = retry_on_error && !matches!(*kind, ErrorKind::Cancelled | ErrorKind::InvalidModule);
-                        if (host_trouble || guest_retry) && c.attempt < max_attempts {
-                            let backoff = retry.backoff_ms(c.attempt);
+                        if let Some(backoff) = retry.retry_after(*kind, retry_on_error, c.attempt, max_attempts) {
                             tx.prepare_cached(
                                 "UPDATE subtasks SET state = 'queued', worker_id = NULL, not_before = ?2, queued_at = ?2
                                  WHERE id = ?1",
@@ -912,8 +909,7 @@ impl TaskStore for SqliteStore {
                 .collect::<Result<_, _>>()?;
             let mut finished = Vec::new();
             for (id, _) in due {
-                let error = "deadline_exceeded: the task did not finish before its deadline";
-                if finish_unsuccessfully(tx, &id, TaskState::Failed, Some(error), now_ms)? {
+                if finish_unsuccessfully(tx, &id, TaskState::Failed, Some(DEADLINE_EXCEEDED), now_ms)? {
                     finished.push(id);
                 }
             }

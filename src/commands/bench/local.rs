@@ -49,6 +49,8 @@ fn hivemind() -> anyhow::Result<Command> {
 pub struct LocalCluster {
     pub url: String,
     pub coordinator: Proc,
+    /// Further coordinators sharing the first one's store (PostgreSQL), with their URLs.
+    pub others: Vec<(Proc, String)>,
     pub workers: Vec<Proc>,
     data_dir: PathBuf,
 }
@@ -58,21 +60,21 @@ impl LocalCluster {
     pub fn start(name: &str, args: &[&str]) -> anyhow::Result<LocalCluster> {
         let data_dir = std::env::temp_dir().join(format!("hivemind-bench-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&data_dir);
-        let mut child = hivemind()?
-            .args(["--json", "coordinator", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(&data_dir)
-            .args(args)
-            .stdout(Stdio::piped())
-            .spawn()?;
-        let stdout = child.stdout.take().expect("piped stdout");
-        let coordinator = Proc(child);
-        let mut line = String::new();
-        std::io::BufReader::new(stdout).read_line(&mut line)?;
-        let url = serde_json::from_str::<serde_json::Value>(&line)
-            .ok()
-            .and_then(|v| v["listening"].as_str().map(str::to_owned))
-            .ok_or_else(|| anyhow::anyhow!("the coordinator did not print its address"))?;
-        Ok(LocalCluster { url, coordinator, workers: Vec::new(), data_dir })
+        let (coordinator, url) = spawn_coordinator(&data_dir.join("0"), args)?;
+        Ok(LocalCluster { url, coordinator, others: Vec::new(), workers: Vec::new(), data_dir })
+    }
+
+    /// Starts one more coordinator with `args` (which name the shared store); returns its URL.
+    pub fn add_coordinator(&mut self, args: &[&str]) -> anyhow::Result<String> {
+        let dir = self.data_dir.join((self.others.len() + 1).to_string());
+        let (proc, url) = spawn_coordinator(&dir, args)?;
+        self.others.push((proc, url.clone()));
+        Ok(url)
+    }
+
+    /// The URL of every coordinator, first one first.
+    pub fn urls(&self) -> Vec<String> {
+        std::iter::once(self.url.clone()).chain(self.others.iter().map(|(_, u)| u.clone())).collect()
     }
 
     pub fn client(&self) -> anyhow::Result<Client> {
@@ -81,8 +83,14 @@ impl LocalCluster {
 
     /// Starts a worker process with `slots` slots and extra flags.
     pub fn add_worker(&mut self, slots: u32, args: &[&str]) -> anyhow::Result<()> {
+        let url = self.url.clone();
+        self.add_worker_to(&url, slots, args)
+    }
+
+    /// Starts a worker process talking to `coordinators` (a comma-separated list, tried in order).
+    pub fn add_worker_to(&mut self, coordinators: &str, slots: u32, args: &[&str]) -> anyhow::Result<()> {
         let child = hivemind()?
-            .args(["worker", "--coordinator", &self.url, "--slots", &slots.to_string()])
+            .args(["worker", "--coordinator", coordinators, "--slots", &slots.to_string()])
             .args(args)
             .stderr(Stdio::null())
             .spawn()?;
@@ -105,9 +113,29 @@ impl LocalCluster {
     }
 }
 
+/// Starts `hivemind coordinator` on a port chosen at run time and reads the address it prints.
+fn spawn_coordinator(data_dir: &std::path::Path, args: &[&str]) -> anyhow::Result<(Proc, String)> {
+    let mut child = hivemind()?
+        .args(["--json", "coordinator", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data_dir)
+        .args(args)
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let stdout = child.stdout.take().expect("piped stdout");
+    let coordinator = Proc(child);
+    let mut line = String::new();
+    std::io::BufReader::new(stdout).read_line(&mut line)?;
+    let url = serde_json::from_str::<serde_json::Value>(&line)
+        .ok()
+        .and_then(|v| v["listening"].as_str().map(str::to_owned))
+        .ok_or_else(|| anyhow::anyhow!("the coordinator did not print its address"))?;
+    Ok((coordinator, url))
+}
+
 impl Drop for LocalCluster {
     fn drop(&mut self) {
         self.workers.clear();
+        self.others.clear();
         self.coordinator.kill();
         let _ = std::fs::remove_dir_all(&self.data_dir);
     }

@@ -227,7 +227,7 @@ fn tempfile_dir() -> anyhow::Result<std::path::PathBuf> {
 
 #[derive(Debug, clap::Args)]
 #[command(
-    after_help = "Examples:\n  hivemind bench e2e\n  hivemind bench e2e --subtasks 1000000 --latency-samples 0 --json"
+    after_help = "Examples:\n  hivemind bench e2e\n  hivemind bench e2e --subtasks 1000000 --latency-samples 0 --json\n  hivemind bench e2e --store postgres://postgres@127.0.0.1/test --coordinators 2"
 )]
 pub struct E2eBench {
     /// Subtasks of the throughput task.
@@ -242,16 +242,70 @@ pub struct E2eBench {
     /// Single-subtask tasks submitted one at a time for the latency figures.
     #[arg(long, default_value_t = 300)]
     pub latency_samples: usize,
+    /// The coordinators' store: `sqlite` or a PostgreSQL URL. Without `?schema=`, a fresh schema is made
+    /// for the run and dropped after it.
+    #[arg(long, default_value = "sqlite")]
+    pub store: String,
+    /// Coordinators sharing the store (more than one needs PostgreSQL); workers are spread over them and
+    /// the task is submitted to the first.
+    #[arg(long, default_value_t = 1)]
+    pub coordinators: usize,
+}
+
+/// A schema made for one benchmark run, dropped afterwards.
+struct BenchSchema {
+    url: String,
+    name: String,
+}
+
+impl Drop for BenchSchema {
+    fn drop(&mut self) {
+        let (url, name) = (self.url.clone(), self.name.clone());
+        // The PostgreSQL client blocks; this runs outside the async runtime's threads.
+        let _ = std::thread::spawn(move || {
+            if let Ok(mut client) = postgres::Client::connect(&url, postgres::NoTls) {
+                let _ = client.batch_execute(&format!("DROP SCHEMA IF EXISTS \"{name}\" CASCADE"));
+            }
+        })
+        .join();
+    }
 }
 
 impl E2eBench {
     pub async fn execute(self, global: &Global) -> anyhow::Result<ExitCode> {
         use hivemind_client::{Blob, SubmitTask, TaskState};
 
-        let mut cluster = LocalCluster::start("e2e", &[])?;
+        let postgres = self.store != "sqlite";
+        anyhow::ensure!(
+            self.store == "sqlite"
+                || self.store.starts_with("postgres://")
+                || self.store.starts_with("postgresql://"),
+            "unsupported store `{}`: use `sqlite` or a `postgres://` URL",
+            self.store
+        );
+        anyhow::ensure!(self.coordinators >= 1, "--coordinators must be at least 1");
+        anyhow::ensure!(postgres || self.coordinators == 1, "several coordinators need a PostgreSQL --store");
+        let mut _schema = None;
+        let store = if postgres && !self.store.contains("schema=") {
+            let name = format!("hivemind_bench_{}", std::process::id());
+            let sep = if self.store.contains('?') { '&' } else { '?' };
+            let url = format!("{}{sep}schema={name}", self.store);
+            _schema = Some(BenchSchema { url: self.store.clone(), name });
+            url
+        } else {
+            self.store.clone()
+        };
+        let mut cluster = LocalCluster::start("e2e", &["--store", &store])?;
+        for _ in 1..self.coordinators {
+            cluster.add_coordinator(&["--store", &store])?;
+        }
+        let urls = cluster.urls();
         let slots = self.slots.unwrap_or_else(|| num_cpus::get() as u32);
-        for _ in 0..self.workers {
-            cluster.add_worker(slots, &[])?;
+        for i in 0..self.workers {
+            // Each worker starts on its own coordinator and fails over to the others.
+            let n = urls.len();
+            let list: Vec<&str> = (0..n).map(|k| urls[(i + k) % n].as_str()).collect();
+            cluster.add_worker_to(&list.join(","), slots, &[])?;
         }
         cluster.wait_for_workers(self.workers).await?;
         let client = cluster.client()?;
@@ -320,7 +374,8 @@ impl E2eBench {
                 "{}",
                 serde_json::json!({
                     "benchmark": "e2e",
-                    "store": "sqlite",
+                    "store": if postgres { "postgres" } else { "sqlite" },
+                    "coordinators": self.coordinators,
                     "subtasks": self.subtasks,
                     "workers": self.workers,
                     "slots_per_worker": slots,
@@ -334,7 +389,11 @@ impl E2eBench {
                 })
             );
         } else {
-            println!("store                       sqlite (durable against kill -9)");
+            if postgres {
+                println!("store                       PostgreSQL, {} coordinator(s)", self.coordinators);
+            } else {
+                println!("store                       sqlite (durable against kill -9)");
+            }
             println!("workers                     {} × {slots} slots", self.workers);
             println!(
                 "{} echo subtasks         {:.0} ms ({:.0} ms to submit)",
