@@ -70,6 +70,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/workers/{worker_id}/heartbeat", post(heartbeat))
         .route("/v1/workers/{worker_id}/lease", post(lease))
         .route("/v1/workers/{worker_id}/complete", post(complete))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), crate::auth::authenticate))
         .fallback(|| async { ApiError::not_found("no_such_route", "no such route: see /v1/openapi.json") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
@@ -94,9 +95,16 @@ async fn blocking<T: Send + 'static>(
         .map_err(ApiError::from)
 }
 
-/// Reads a body of at most `limit` bytes.
-async fn read_body(body: Body, limit: usize, what: &str) -> ApiResult<Bytes> {
-    axum::body::to_bytes(body, limit).await.map_err(|e| {
+/// Reads a body of at most `limit` bytes, within `timeout` (a stalled client cannot hold the request).
+async fn read_body(body: Body, limit: usize, timeout: Duration, what: &str) -> ApiResult<Bytes> {
+    let read = tokio::time::timeout(timeout, axum::body::to_bytes(body, limit)).await.map_err(|_| {
+        ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "body_timeout",
+            format!("{what} did not arrive within {} s", timeout.as_secs_f64()),
+        )
+    })?;
+    read.map_err(|e| {
         if std::error::Error::source(&e).is_some_and(|s| s.to_string().contains("length limit")) {
             ApiError::too_large("body_too_large", format!("{what} exceeds the limit of {limit} bytes"))
         } else {
@@ -105,9 +113,10 @@ async fn read_body(body: Body, limit: usize, what: &str) -> ApiResult<Bytes> {
     })
 }
 
-/// Parses a JSON body, naming the offending field on error.
 async fn json_body<T: DeserializeOwned>(state: &AppState, body: Body) -> ApiResult<T> {
-    let bytes = read_body(body, state.config.caps.max_body_bytes, "the request body").await?;
+    let bytes =
+        read_body(body, state.config.caps.max_body_bytes, state.config.caps.body_timeout, "the request body")
+            .await?;
     serde_json::from_slice(&bytes)
         .map_err(|e| ApiError::bad_request("invalid_json", format!("invalid JSON body: {e}")))
 }
@@ -153,7 +162,9 @@ async fn openapi() -> impl IntoResponse {
 // ---- modules -------------------------------------------------------------------------------------------
 
 async fn store_module(state: AppState, stated: Option<ModuleId>, body: Body) -> ApiResult<Response> {
-    let bytes = read_body(body, state.config.caps.max_module_bytes, "the module").await?;
+    let bytes =
+        read_body(body, state.config.caps.max_module_bytes, state.config.caps.body_timeout, "the module")
+            .await?;
     let id = ModuleId::of(&bytes);
     if let Some(stated) = stated
         && stated != id

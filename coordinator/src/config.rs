@@ -25,6 +25,8 @@ pub struct Config {
     pub max_wait: Duration,
     /// Worker processes to supervise on this machine (`--local-workers MIN..MAX`).
     pub local_workers: Option<crate::scaling::LocalWorkers>,
+    /// Bearer tokens and their roles; empty means authentication is off.
+    pub tokens: crate::auth::Tokens,
 }
 
 /// Caps on request sizes and counts; each has its own error.
@@ -38,6 +40,8 @@ pub struct Caps {
     pub max_lease_batch: u32,
     pub priority_range: (i32, i32),
     pub max_attempts: u32,
+    /// A request body must arrive within this (slow or stalled clients cannot hold the server).
+    pub body_timeout: Duration,
 }
 
 impl Default for Caps {
@@ -51,6 +55,7 @@ impl Default for Caps {
             max_lease_batch: 4096,
             priority_range: (-1000, 1000),
             max_attempts: 100,
+            body_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -74,6 +79,7 @@ impl Config {
             retry_backoff: Duration::from_millis(100),
             max_wait: Duration::from_secs(30),
             local_workers: None,
+            tokens: crate::auth::Tokens::default(),
         }
     }
 }

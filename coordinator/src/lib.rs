@@ -11,6 +11,7 @@
 //! [`serve`] takes an already-bound listener and a shutdown future, so tests bind `127.0.0.1:0`.
 
 pub mod api;
+pub mod auth;
 pub mod config;
 pub mod error;
 mod metrics;

@@ -74,6 +74,14 @@ pub fn document() -> Value {
                 "4XX": { "description": "Error", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } } }
             }
         });
+        if let Some(roles) = crate::auth::roles_for(&method.to_uppercase(), path) {
+            // With tokens configured; which roles may call it is in the description.
+            let roles: Vec<&str> = roles.iter().map(|r| r.as_str()).collect();
+            op["security"] = json!([{ "bearer": [] }]);
+            op["description"] = json!(format!("Roles: {}.", roles.join(", ")));
+            op["responses"]["401"] = json!({ "description": "Missing or unknown token" });
+            op["responses"]["403"] = json!({ "description": "The token's role may not call this route" });
+        }
         if let Some(body) = body {
             let content = if body.contains('/') {
                 json!({ body: { "schema": { "type": "string", "format": "binary" } } })
@@ -90,7 +98,9 @@ pub fn document() -> Value {
         "openapi": "3.1.0",
         "info": { "title": "Hivemind coordinator API", "version": env!("CARGO_PKG_VERSION") },
         "paths": paths,
-        "components": { "schemas": {
+        "components": {
+            "securitySchemes": { "bearer": { "type": "http", "scheme": "bearer" } },
+            "schemas": {
             "Error": object(json!({ "error": object(json!({ "code": {"type": "string"}, "message": {"type": "string"} })) })),
             "Blob": { "oneOf": [ {"type": "string"}, object(json!({ "base64": {"type": "string"} })) ] },
             "SubmitTask": object(json!({

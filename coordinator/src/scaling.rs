@@ -114,6 +114,8 @@ pub struct LocalWorkers {
     pub program: PathBuf,
     /// Arguments before `--name NAME` (e.g. `worker --coordinator URL --slots 1`).
     pub args: Vec<String>,
+    /// The token the workers send (as `HIVEMIND_TOKEN`, so it is not on their command line).
+    pub token: Option<String>,
 }
 
 struct Supervised {
@@ -192,6 +194,9 @@ pub async fn supervise(config: LocalWorkers, coordinator: Arc<crate::Coordinator
                 let mut command = tokio::process::Command::new(&config.program);
                 command.args(&config.args).args(["--name", &name]).stdin(Stdio::null()).stdout(Stdio::null());
                 command.kill_on_drop(true);
+                if let Some(token) = &config.token {
+                    command.env("HIVEMIND_TOKEN", token);
+                }
                 // SAFETY: prctl is async-signal-safe; the closure allocates nothing. If the coordinator dies
                 // without running destructors (SIGKILL), its workers die with it instead of lingering.
                 unsafe {

@@ -2,6 +2,7 @@
 
 use super::Global;
 use anyhow::Context;
+use hivemind_coordinator::auth::{Role, Tokens};
 use hivemind_coordinator::scaling::{LocalWorkers, ScalePolicy};
 use hivemind_coordinator::{Config, Coordinator};
 use std::path::PathBuf;
@@ -54,6 +55,46 @@ pub struct CoordinatorCmd {
     /// How often the local autoscaler decides.
     #[arg(long, value_parser = super::parse_duration, default_value = "250ms", requires = "local_workers")]
     pub scale_interval: Duration,
+    /// Bearer token of the `client` role (modules, tasks); at least 16 characters.
+    #[arg(long, env = "HIVEMIND_CLIENT_TOKEN", hide_env_values = true)]
+    pub client_token: Option<String>,
+    /// Bearer token of the `worker` role (register, heartbeat, lease, complete).
+    #[arg(long, env = "HIVEMIND_WORKER_TOKEN", hide_env_values = true)]
+    pub worker_token: Option<String>,
+    /// Bearer token of the `admin` role (everything).
+    #[arg(long, env = "HIVEMIND_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// File of hashed tokens, one `ROLE sha256:HEX` per line (`printf %s "$TOKEN" | sha256sum`).
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+    /// A request body must arrive within this, or the request fails with 408 (stalled clients).
+    #[arg(long, value_parser = super::parse_duration, default_value = "30s")]
+    pub body_timeout: Duration,
+    /// Accept requests without tokens on a non-loopback address (anyone who can reach it can run code).
+    #[arg(long)]
+    pub insecure: bool,
+}
+
+impl CoordinatorCmd {
+    /// The configured tokens (flags, environment, token file).
+    fn tokens(&self) -> anyhow::Result<Tokens> {
+        let mut tokens = Tokens::default();
+        for (role, token) in [
+            (Role::Client, &self.client_token),
+            (Role::Worker, &self.worker_token),
+            (Role::Admin, &self.admin_token),
+        ] {
+            if let Some(token) = token {
+                tokens.add(role, token).map_err(anyhow::Error::msg)?;
+            }
+        }
+        if let Some(path) = &self.token_file {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read the token file `{}`", path.display()))?;
+            tokens.add_file(&text).map_err(|e| anyhow::anyhow!("`{}`: {e}", path.display()))?;
+        }
+        Ok(tokens)
+    }
 }
 
 /// Which store backend a coordinator uses.
@@ -104,6 +145,24 @@ impl CoordinatorCmd {
         config.heartbeat_interval = self.heartbeat;
         config.dead_after = self.dead_after;
         config.retry_backoff = self.retry_backoff;
+        config.tokens = self.tokens()?;
+        anyhow::ensure!(!self.body_timeout.is_zero(), "--body-timeout must be greater than 0");
+        config.caps.body_timeout = self.body_timeout;
+        // Safe default, checked before binding: no tokens means loopback only.
+        let resolved: Vec<std::net::SocketAddr> = tokio::net::lookup_host(&self.listen)
+            .await
+            .with_context(|| format!("cannot resolve the listen address `{}`", self.listen))?
+            .collect();
+        if config.tokens.is_empty() && resolved.iter().any(|a| !a.ip().is_loopback()) {
+            if !self.insecure {
+                anyhow::bail!(
+                    "refusing to listen on `{}` without tokens: anyone who can reach it could run code on your workers; \
+                     set --client-token, --worker-token and --admin-token (or --token-file), or pass --insecure",
+                    self.listen
+                );
+            }
+            tracing::warn!(listen = %self.listen, "listening without authentication on a non-loopback address (--insecure)");
+        }
         let listener = tokio::net::TcpListener::bind(&self.listen)
             .await
             .with_context(|| format!("cannot listen on `{}`", self.listen))?;
@@ -129,7 +188,13 @@ impl CoordinatorCmd {
                 args.extend(["--memory".to_string(), memory.to_string()]);
             }
             let program = std::env::current_exe().context("cannot find the hivemind executable")?;
-            config.local_workers = Some(LocalWorkers { policy, program, args });
+            // Local workers authenticate with the worker (or admin) token given in clear.
+            let token = self.worker_token.clone().or_else(|| self.admin_token.clone());
+            anyhow::ensure!(
+                config.tokens.is_empty() || token.is_some(),
+                "--local-workers with tokens needs --worker-token (or --admin-token) for the workers it starts"
+            );
+            config.local_workers = Some(LocalWorkers { policy, program, args, token });
         }
         let (coordinator, where_) = match &self.store {
             StoreUrl::Sqlite => (Coordinator::open(config)?, format!("data in {}", self.data_dir.display())),

@@ -208,6 +208,21 @@ pub mod reqwest {
         })
     }
 
+    /// Sends a bodiless request with an optional bearer token; returns the status and the JSON body.
+    pub fn send_with_token(method: &str, url: &str, token: Option<&str>) -> (u16, serde_json::Value) {
+        runtime().block_on(async {
+            let client = ::reqwest::Client::new();
+            let mut req = client.request(method.parse().expect("method"), url);
+            if let Some(token) = token {
+                req = req.bearer_auth(token);
+            }
+            let resp = req.send().await.expect("request sent");
+            let status = resp.status().as_u16();
+            let bytes = resp.bytes().await.expect("body");
+            (status, serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null))
+        })
+    }
+
     pub fn blocking_get_text(url: &str) -> String {
         runtime().block_on(async { ::reqwest::get(url).await.expect("get").text().await.expect("text") })
     }

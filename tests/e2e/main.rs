@@ -6,6 +6,7 @@ mod cluster;
 mod faults;
 mod postgres;
 mod scaling;
+mod security;
 mod tasks;
 
 pub use cluster::*;

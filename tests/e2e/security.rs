@@ -1,0 +1,142 @@
+//! Authentication and roles (SPEC §7) with real processes: every route refuses a missing or unknown token
+//! and a token of the wrong role, a cluster with tokens runs a task end to end, and the coordinator
+//! refuses a non-loopback address without tokens.
+
+use crate::{BIN, Cluster, poll_until};
+use hivemind_coordinator::api::ROUTES;
+use std::process::Command;
+use std::time::Duration;
+
+const CLIENT: &str = "client-token-for-tests-0001";
+const WORKER: &str = "worker-token-for-tests-0002";
+const ADMIN: &str = "admin-token-for-tests-0003";
+
+fn secured() -> Cluster {
+    Cluster::coordinator_with(&["--client-token", CLIENT, "--worker-token", WORKER, "--admin-token", ADMIN])
+}
+
+/// Sends `method url` with an optional bearer token; returns the status and the JSON body.
+fn call(method: &str, url: &str, token: Option<&str>) -> (u16, serde_json::Value) {
+    crate::reqwest::send_with_token(&method.to_uppercase(), url, token)
+}
+
+#[test]
+fn every_route_refuses_missing_unknown_and_wrong_role_tokens() {
+    let cluster = secured();
+    let allowed =
+        |method: &str, path: &str| hivemind_coordinator::auth::roles_for(&method.to_uppercase(), path);
+    for (method, path) in ROUTES {
+        let url = format!(
+            "{}{}",
+            cluster.url,
+            path.replace("{module_id}", &format!("sha256:{}", "0".repeat(64)))
+                .replace("{task_id}", "no-such-task")
+                .replace("{worker_id}", "no-such-worker")
+        );
+        let Some(roles) = allowed(method, path) else {
+            assert_eq!(call(method, &url, None).0, 200, "{method} {path} is open");
+            continue;
+        };
+        let (status, body) = call(method, &url, None);
+        assert_eq!((status, body["error"]["code"].as_str()), (401, Some("unauthorized")), "{method} {path}");
+        let (status, _) = call(method, &url, Some("not-a-token-anyone-knows"));
+        assert_eq!(status, 401, "{method} {path} with an unknown token");
+        for (role, token) in [("client", CLIENT), ("worker", WORKER), ("admin", ADMIN)] {
+            let (status, body) = call(method, &url, Some(token));
+            if roles.iter().any(|r| r.as_str() == role) {
+                assert!(status != 401 && status != 403, "{role} may {method} {path}: got {status} {body}");
+            } else {
+                assert_eq!(
+                    (status, body["error"]["code"].as_str()),
+                    (403, Some("forbidden")),
+                    "{role} {method} {path}"
+                );
+                let message = body["error"]["message"].as_str().unwrap_or_default();
+                assert!(message.contains(role) && message.contains("token"), "{message}");
+            }
+        }
+    }
+}
+
+#[test]
+fn a_cluster_with_tokens_runs_a_task_end_to_end() {
+    let mut cluster = secured();
+    // A worker with the worker token registers and runs; one with a client token is refused.
+    cluster.add_worker(1, &["--token", WORKER]);
+    cluster.add_worker(1, &["--token", CLIENT, "--name", "impostor"]);
+    let listed = || {
+        let (status, body) = call("GET", &format!("{}/v1/workers", cluster.url), Some(ADMIN));
+        assert_eq!(status, 200);
+        body["workers"].as_array().cloned().unwrap_or_default()
+    };
+    poll_until(Duration::from_secs(20), || !listed().is_empty());
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(listed().iter().all(|w| w["name"] != "impostor"), "a client token cannot register a worker");
+
+    let module = crate::program(hivemind_guest_programs::WORDCOUNT);
+    let input = cluster.data_dir.path().join("text.txt");
+    std::fs::write(&input, "to be or not to be").expect("write input");
+    let run = |token: Option<&str>| {
+        let mut cmd = Command::new(BIN);
+        cmd.env("HIVEMIND_COORDINATOR", &cluster.url).env_remove("HIVEMIND_TOKEN");
+        if let Some(token) = token {
+            cmd.env("HIVEMIND_TOKEN", token);
+        }
+        cmd.args(["task", "submit", "--module"]).arg(&module).arg("--input").arg(&input);
+        cmd.args(["--split", "--reduce", "--wait"]).output().expect("run hivemind")
+    };
+    let out = run(None);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("bearer token"), "{stderr}");
+    let out = run(Some(WORKER));
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("worker token"));
+    let out = run(Some(CLIENT));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("\"be\":2") || stdout.contains("\"be\": 2"), "{stdout}");
+}
+
+#[test]
+fn a_non_loopback_address_without_tokens_is_refused() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = Command::new(BIN)
+        .args(["coordinator", "--listen", "0.0.0.0:0", "--data-dir"])
+        .arg(dir.path())
+        .env_remove("HIVEMIND_CLIENT_TOKEN")
+        .env_remove("HIVEMIND_WORKER_TOKEN")
+        .env_remove("HIVEMIND_ADMIN_TOKEN")
+        .output()
+        .expect("run hivemind");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("refusing to listen on `0.0.0.0:0` without tokens") && stderr.contains("--insecure"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.trim().lines().count(), 1, "one clear line: {stderr}");
+    let short = Command::new(BIN)
+        .args(["coordinator", "--listen", "127.0.0.1:0", "--client-token", "short", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .expect("run hivemind");
+    assert!(!short.status.success() && String::from_utf8_lossy(&short.stderr).contains("at least 16"));
+}
+
+#[test]
+fn a_stalled_request_body_times_out() {
+    use std::io::{Read, Write};
+    let cluster = Cluster::coordinator_with(&["--body-timeout", "300ms"]);
+    let addr = cluster.url.trim_start_matches("http://");
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+    // Promise 100 bytes, send one, then stall.
+    write!(stream, "POST /v1/tasks HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{")
+        .expect("send");
+    stream.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    let mut answer = vec![0u8; 4096];
+    let n = stream.read(&mut answer).expect("an answer before the client gives up");
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert!(answer.starts_with("HTTP/1.1 408") && answer.contains("body_timeout"), "{answer}");
+    // The server is fine, and nothing was created.
+    let (status, body) = call("GET", &format!("{}/v1/tasks", cluster.url), None);
+    assert_eq!((status, body["tasks"].as_array().map(Vec::len)), (200, Some(0)));
+}
