@@ -197,42 +197,125 @@ impl Coordinator {
     }
 }
 
+/// The background loops of a serving coordinator: the failure detector and the local autoscaler.
+struct Background {
+    detector: tokio::task::JoinHandle<()>,
+    autoscaler: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Background {
+    fn start(coordinator: &Arc<Coordinator>) -> Background {
+        let detector = {
+            let coordinator = coordinator.clone();
+            let period = (coordinator.config.heartbeat_interval / 2).max(Duration::from_millis(10));
+            tracing::info!(
+                heartbeat = ?coordinator.config.heartbeat_interval,
+                dead_after = ?coordinator.config.dead_after,
+                every = ?period,
+                "failure detector started"
+            );
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(period);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tick.tick().await;
+                    coordinator.detect_failures().await;
+                }
+            })
+        };
+        let autoscaler = coordinator
+            .config
+            .local_workers
+            .clone()
+            .map(|local| tokio::spawn(scaling::supervise(local, coordinator.clone())));
+        Background { detector, autoscaler }
+    }
+
+    async fn stop(self) {
+        self.detector.abort();
+        if let Some(autoscaler) = self.autoscaler {
+            // Dropping the supervisor kills its worker processes.
+            autoscaler.abort();
+            let _ = autoscaler.await;
+        }
+    }
+}
+
 /// Serves the API on `listener` until `shutdown` resolves, running the background loops alongside.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     coordinator: Arc<Coordinator>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let detector = {
-        let coordinator = coordinator.clone();
-        let period = (coordinator.config.heartbeat_interval / 2).max(Duration::from_millis(10));
-        tracing::info!(
-            heartbeat = ?coordinator.config.heartbeat_interval,
-            dead_after = ?coordinator.config.dead_after,
-            every = ?period,
-            "failure detector started"
-        );
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(period);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
-                coordinator.detect_failures().await;
-            }
-        })
-    };
-    let autoscaler = coordinator
-        .config
-        .local_workers
-        .clone()
-        .map(|local| tokio::spawn(scaling::supervise(local, coordinator.clone())));
+    let background = Background::start(&coordinator);
     let router = api::router(coordinator);
     let result = axum::serve(listener, router).with_graceful_shutdown(shutdown).await;
-    detector.abort();
-    if let Some(autoscaler) = autoscaler {
-        // Dropping the supervisor kills its worker processes.
-        autoscaler.abort();
-        let _ = autoscaler.await;
-    }
+    background.stop().await;
     result
+}
+
+/// Like [`serve`], over TLS with `tls` (rustls). A client that does not finish its handshake within 10 s
+/// is dropped.
+pub async fn serve_tls(
+    listener: tokio::net::TcpListener,
+    coordinator: Arc<Coordinator>,
+    tls: Arc<rustls::ServerConfig>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use hyper_util::service::TowerToHyperService;
+    let background = Background::start(&coordinator);
+    let router = api::router(coordinator);
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    tokio::pin!(shutdown);
+    let result = loop {
+        let (tcp, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break Ok(()),
+        };
+        let (acceptor, router) = (acceptor.clone(), router.clone());
+        tokio::spawn(async move {
+            let _ = tcp.set_nodelay(true);
+            let stream = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => return,
+            };
+            let service = TowerToHyperService::new(router);
+            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            if let Err(e) = builder.serve_connection(TokioIo::new(stream), service).await {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        });
+    };
+    background.stop().await;
+    result
+}
+
+/// A rustls server configuration from PEM files of a certificate chain and its private key.
+pub fn tls_config(cert_pem: &[u8], key_pem: &[u8]) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+    let certs: Vec<_> = rustls_pemfile::certs(&mut &cert_pem[..])
+        .collect::<Result<_, _>>()
+        .map_err(|e| anyhow::anyhow!("invalid certificate PEM: {e}"))?;
+    anyhow::ensure!(!certs.is_empty(), "the certificate file holds no PEM certificate");
+    let key = rustls_pemfile::private_key(&mut &key_pem[..])
+        .map_err(|e| anyhow::anyhow!("invalid private key PEM: {e}"))?
+        .ok_or_else(|| anyhow::anyhow!("the key file holds no PEM private key"))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| anyhow::anyhow!("TLS setup: {e}"))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| anyhow::anyhow!("the certificate and key do not go together: {e}"))?;
+    Ok(Arc::new(config))
 }

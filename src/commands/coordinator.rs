@@ -67,6 +67,12 @@ pub struct CoordinatorCmd {
     /// File of hashed tokens, one `ROLE sha256:HEX` per line (`printf %s "$TOKEN" | sha256sum`).
     #[arg(long, value_name = "FILE")]
     pub token_file: Option<PathBuf>,
+    /// PEM certificate chain: serve HTTPS (with `--tls-key`).
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `--tls-cert`.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
     /// A request body must arrive within this, or the request fails with 408 (stalled clients).
     #[arg(long, value_parser = super::parse_duration, default_value = "30s")]
     pub body_timeout: Duration,
@@ -146,6 +152,15 @@ impl CoordinatorCmd {
         config.dead_after = self.dead_after;
         config.retry_backoff = self.retry_backoff;
         config.tokens = self.tokens()?;
+        let tls = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => {
+                let read =
+                    |p: &PathBuf| std::fs::read(p).with_context(|| format!("cannot read `{}`", p.display()));
+                Some(hivemind_coordinator::tls_config(&read(cert)?, &read(key)?)?)
+            }
+            _ => None,
+        };
+        let scheme = if tls.is_some() { "https" } else { "http" };
         anyhow::ensure!(!self.body_timeout.is_zero(), "--body-timeout must be greater than 0");
         config.caps.body_timeout = self.body_timeout;
         // Safe default, checked before binding: no tokens means loopback only.
@@ -179,11 +194,15 @@ impl CoordinatorCmd {
             policy.interval = self.scale_interval;
             let mut args = vec![
                 "--coordinator".to_string(),
-                format!("http://{addr}"),
+                format!("{scheme}://{addr}"),
                 "worker".to_string(),
                 "--slots".to_string(),
                 self.local_worker_slots.to_string(),
             ];
+            if let Some(cert) = &self.tls_cert {
+                // The workers it starts trust the coordinator's own certificate.
+                args.splice(0..0, ["--ca-cert".to_string(), cert.display().to_string()]);
+            }
             if let Some(memory) = self.local_worker_memory {
                 args.extend(["--memory".to_string(), memory.to_string()]);
             }
@@ -207,11 +226,16 @@ impl CoordinatorCmd {
             }
         };
         if global.json {
-            println!("{}", serde_json::json!({ "listening": format!("http://{addr}") }));
+            println!("{}", serde_json::json!({ "listening": format!("{scheme}://{addr}") }));
         } else {
-            eprintln!("hivemind coordinator listening on http://{addr} ({where_})");
+            eprintln!("hivemind coordinator listening on {scheme}://{addr} ({where_})");
         }
-        hivemind_coordinator::serve(listener, coordinator, super::shutdown_signal()).await?;
+        match tls {
+            Some(tls) => {
+                hivemind_coordinator::serve_tls(listener, coordinator, tls, super::shutdown_signal()).await?
+            }
+            None => hivemind_coordinator::serve(listener, coordinator, super::shutdown_signal()).await?,
+        }
         Ok(ExitCode::SUCCESS)
     }
 }

@@ -35,11 +35,22 @@ pub struct Global {
     /// Print one JSON document on stdout instead of human-readable text.
     #[arg(long, global = true)]
     pub json: bool,
+    /// PEM file of a CA certificate to trust for `https://` coordinators (besides the system's roots).
+    #[arg(long, global = true, env = "HIVEMIND_CA_CERT", value_name = "FILE")]
+    pub ca_cert: Option<std::path::PathBuf>,
 }
 
 impl Global {
     pub fn client(&self) -> anyhow::Result<hivemind_client::Client> {
-        Ok(hivemind_client::Client::with_token(&self.coordinator, self.token.clone())?)
+        let ca_cert_pem =
+            match &self.ca_cert {
+                Some(path) => Some(std::fs::read(path).map_err(|e| {
+                    anyhow::anyhow!("cannot read the CA certificate `{}`: {e}", path.display())
+                })?),
+                None => None,
+            };
+        let options = hivemind_client::ClientOptions { token: self.token.clone(), ca_cert_pem };
+        Ok(hivemind_client::Client::with_options(&self.coordinator, options)?)
     }
 }
 

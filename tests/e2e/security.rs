@@ -140,3 +140,92 @@ fn a_stalled_request_body_times_out() {
     let (status, body) = call("GET", &format!("{}/v1/tasks", cluster.url), None);
     assert_eq!((status, body["tasks"].as_array().map(Vec::len)), (200, Some(0)));
 }
+
+/// A CA, and a certificate for 127.0.0.1 signed by it, as PEM files in `dir`: (ca, cert, key).
+fn certificates(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca_key = rcgen::KeyPair::generate().expect("CA key");
+    let ca = ca_params.self_signed(&ca_key).expect("CA certificate");
+    let params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()]).expect("params");
+    let key = rcgen::KeyPair::generate().expect("key");
+    let cert = params.signed_by(&key, &ca, &ca_key).expect("certificate");
+    let paths = (dir.join("ca.pem"), dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&paths.0, ca.pem()).expect("write CA");
+    std::fs::write(&paths.1, cert.pem()).expect("write certificate");
+    std::fs::write(&paths.2, key.serialize_pem()).expect("write key");
+    paths
+}
+
+#[test]
+fn tls_with_a_trusted_ca_runs_a_task_and_untrusted_clients_fail() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (ca, cert, key) = certificates(dir.path());
+    let (cert, key, ca) = (cert.display().to_string(), key.display().to_string(), ca.display().to_string());
+    let mut cluster = Cluster::coordinator_with(&[
+        "--tls-cert",
+        &cert,
+        "--tls-key",
+        &key,
+        "--client-token",
+        CLIENT,
+        "--worker-token",
+        WORKER,
+    ]);
+    assert!(cluster.url.starts_with("https://127.0.0.1:"), "{}", cluster.url);
+    cluster.add_worker(1, &["--token", WORKER, "--ca-cert", &ca]);
+    let cli = |args: &[&str]| {
+        Command::new(BIN)
+            .env("HIVEMIND_COORDINATOR", &cluster.url)
+            .env("HIVEMIND_TOKEN", CLIENT)
+            .args(args)
+            .output()
+            .expect("run hivemind")
+    };
+    poll_until(Duration::from_secs(20), || {
+        let out = cli(&["--ca-cert", &ca, "--json", "worker", "list"]);
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("\"alive\"")
+    });
+    let input = dir.path().join("text.txt");
+    std::fs::write(&input, "tls tls tls").expect("write input");
+    let module = hivemind_guest_programs::WORDCOUNT;
+    let input = input.display().to_string();
+    let out = cli(&[
+        "--ca-cert",
+        &ca,
+        "task",
+        "submit",
+        "--module",
+        module,
+        "--input",
+        &input,
+        "--split",
+        "--reduce",
+        "--wait",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("\"tls\""),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Without the CA the certificate is not trusted; plain HTTP gets no answer from the TLS port.
+    let out = cli(&["task", "list"]);
+    assert!(!out.status.success(), "an untrusted certificate must fail");
+    let plain = cluster.url.replacen("https://", "http://", 1);
+    let out = Command::new(BIN)
+        .args(["--coordinator", &plain, "--token", CLIENT, "task", "list"])
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let bad = Command::new(BIN)
+        .args(["coordinator", "--listen", "127.0.0.1:0", "--tls-cert", &ca, "--tls-key", &cert, "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .expect("run hivemind");
+    assert!(
+        !bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("key"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+}

@@ -76,6 +76,15 @@ pub struct Client {
     inner: Arc<Inner>,
 }
 
+/// How a [`Client`] talks to the coordinator besides its URL.
+#[derive(Debug, Clone, Default)]
+pub struct ClientOptions {
+    /// Sent as `Authorization: Bearer <token>`.
+    pub token: Option<String>,
+    /// PEM certificates to trust for `https://` coordinators, besides the system's roots (`--ca-cert`).
+    pub ca_cert_pem: Option<Vec<u8>>,
+}
+
 #[derive(Debug)]
 struct Inner {
     urls: Vec<String>,
@@ -93,6 +102,12 @@ impl Client {
 
     /// Like [`Client::new`], sending `token` as a bearer token.
     pub fn with_token(url: &str, token: Option<String>) -> Result<Self, Error> {
+        Self::with_options(url, ClientOptions { token, ..ClientOptions::default() })
+    }
+
+    /// Like [`Client::new`], with a token and extra trusted certificates.
+    pub fn with_options(url: &str, options: ClientOptions) -> Result<Self, Error> {
+        let ClientOptions { token, ca_cert_pem } = options;
         let urls: Vec<String> = url
             .split(',')
             .map(|u| u.trim().trim_end_matches('/').to_owned())
@@ -101,12 +116,21 @@ impl Client {
         if urls.is_empty() || urls.iter().any(|u| !(u.starts_with("http://") || u.starts_with("https://"))) {
             return Err(Error::InvalidUrl(url.to_owned()));
         }
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
             .tcp_nodelay(true)
-            .pool_max_idle_per_host(32)
-            .build()
-            .map_err(|e| Error::Protocol(e.to_string()))?;
+            .pool_max_idle_per_host(32);
+        if let Some(pem) = ca_cert_pem {
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|e| Error::Protocol(format!("invalid CA certificate: {e}")))?;
+            if certs.is_empty() {
+                return Err(Error::Protocol("invalid CA certificate: no PEM certificate in it".into()));
+            }
+            for cert in certs {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        let http = builder.build().map_err(|e| Error::Protocol(e.to_string()))?;
         Ok(Client { inner: Arc::new(Inner { urls, current: AtomicUsize::new(0), http, token }) })
     }
 
