@@ -1,19 +1,20 @@
 //! The HTTP API (SPEC §5): routes, request validation, and the long-polling lease and wait endpoints.
 //! Every error is an [`ApiError`] with a JSON body; nothing invalid reaches the store.
 
+use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::metrics::Gauges;
 use crate::store::{NewTask, RetryPolicy, StoreError, SubtaskFilter, TaskFilter, labels_match};
 use crate::{Coordinator, now_ms};
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, Query, State};
+use axum::extract::{Extension, Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use hivemind_proto::api::{
     CompleteBatch, Heartbeat, LeaseRequest, ModuleInfo, RegisterWorker, Registered, SubmitTask, SubtaskList,
-    TaskList, TaskState, WorkerInfo, WorkerList,
+    TaskList, TaskState, TaskStatus, WorkerInfo, WorkerList,
 };
 use hivemind_proto::units::format_size;
 use hivemind_proto::{Limits, Phase};
@@ -344,6 +345,7 @@ fn validate_submit(state: &Coordinator, req: SubmitTask) -> ApiResult<NewTask> {
         labels: req.labels,
         requires: req.requires,
         idempotency_key: req.idempotency_key,
+        tenant: None,
         deadline_at_ms: req.deadline_ms.map(|d| now_ms().saturating_add(d)),
         inputs: req.inputs.into_iter().map(|b| b.0).collect(),
     })
@@ -380,9 +382,30 @@ fn check_placeable(task: &NewTask, workers: &[WorkerInfo]) -> ApiResult<()> {
     Ok(())
 }
 
-async fn submit_task(State(state): State<AppState>, body: Body) -> ApiResult<Response> {
+/// The tenant of the caller, when authentication is on and its token belongs to one.
+type CallerExt = Option<Extension<Caller>>;
+
+fn tenant_of(caller: &CallerExt) -> Option<String> {
+    caller.as_ref().and_then(|Extension(c)| c.tenant.clone())
+}
+
+/// Hides the tasks of other tenants from a tenant's client: they answer `task_not_found`.
+fn visible(caller: &CallerExt, id: &str, status: Option<TaskStatus>) -> ApiResult<TaskStatus> {
+    match (status, tenant_of(caller)) {
+        (Some(s), Some(tenant)) if s.tenant.as_deref() != Some(tenant.as_str()) => Err(task_not_found(id)),
+        (Some(s), _) => Ok(s),
+        (None, _) => Err(task_not_found(id)),
+    }
+}
+
+async fn submit_task(State(state): State<AppState>, caller: CallerExt, body: Body) -> ApiResult<Response> {
     let req: SubmitTask = json_body(&state, body).await?;
-    let task = validate_submit(&state, req)?;
+    let mut task = validate_submit(&state, req)?;
+    task.tenant = tenant_of(&caller);
+    if let (Some(tenant), Some(key)) = (&task.tenant, &task.idempotency_key) {
+        // Idempotency keys are per tenant: another tenant's key never finds this tenant's task.
+        task.idempotency_key = Some(format!("{tenant}\u{1f}{key}"));
+    }
     // The store checks that the module exists in the same transaction; its only NotFound is the module.
     let (status, created) = blocking(&state, move |c| {
         if let Err(refused) = check_placeable(&task, &c.store.list_workers()?) {
@@ -406,15 +429,28 @@ fn task_not_found(id: &str) -> ApiError {
     ApiError::not_found("task_not_found", format!("task `{id}` does not exist"))
 }
 
-async fn task_status(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
+async fn task_status(
+    State(state): State<AppState>,
+    caller: CallerExt,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
     validate_id(&id, "invalid_task_id")?;
     let status = blocking(&state, {
         let id = id.clone();
         move |c| c.store.task_status(&id)
     })
-    .await?
-    .ok_or_else(|| task_not_found(&id))?;
-    Ok(json(StatusCode::OK, &status))
+    .await?;
+    Ok(json(StatusCode::OK, &visible(&caller, &id, status)?))
+}
+
+/// The task's status, if the caller may see it (a tenant's client: only its tenant's tasks).
+async fn authorized(state: &AppState, caller: &CallerExt, id: &str) -> ApiResult<TaskStatus> {
+    let status = blocking(state, {
+        let id = id.to_owned();
+        move |c| c.store.task_status(&id)
+    })
+    .await?;
+    visible(caller, id, status)
 }
 
 fn query_u64(query: &HashMap<String, String>, name: &str, default: u64) -> ApiResult<u64> {
@@ -442,6 +478,7 @@ fn reject_unknown_query(query: &HashMap<String, String>, known: &[&str]) -> ApiR
 /// Long-poll until the task finishes or `timeout_ms` (default 10 s) passes; returns its status either way.
 async fn wait_task(
     State(state): State<AppState>,
+    caller: CallerExt,
     Path(id): Path<String>,
     Query(query): Query<HashMap<String, String>>,
 ) -> ApiResult<Response> {
@@ -456,8 +493,8 @@ async fn wait_task(
             let id = id.clone();
             move |c| c.store.task_status(&id)
         })
-        .await?
-        .ok_or_else(|| task_not_found(&id))?;
+        .await?;
+        let status = visible(&caller, &id, status)?;
         if status.state.is_finished() || tokio::time::Instant::now() >= deadline {
             return Ok(json(StatusCode::OK, &status));
         }
@@ -468,14 +505,19 @@ async fn wait_task(
     }
 }
 
-async fn task_result(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
+async fn task_result(
+    State(state): State<AppState>,
+    caller: CallerExt,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
     validate_id(&id, "invalid_task_id")?;
     let (status, result) = blocking(&state, {
         let id = id.clone();
         move |c| Ok((c.store.task_status(&id)?, c.store.task_result(&id)?))
     })
     .await?;
-    let (Some(status), Some(result)) = (status, result) else { return Err(task_not_found(&id)) };
+    let status = visible(&caller, &id, status)?;
+    let Some(result) = result else { return Err(task_not_found(&id)) };
     match status.state {
         TaskState::Succeeded | TaskState::Cancelled => Ok(json(StatusCode::OK, &result)),
         TaskState::Failed => Err(ApiError::new(
@@ -491,8 +533,15 @@ async fn task_result(State(state): State<AppState>, Path(id): Path<String>) -> A
     }
 }
 
-async fn cancel_task(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
+async fn cancel_task(
+    State(state): State<AppState>,
+    caller: CallerExt,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
     validate_id(&id, "invalid_task_id")?;
+    if tenant_of(&caller).is_some() {
+        authorized(&state, &caller, &id).await?;
+    }
     let status = blocking(&state, {
         let id = id.clone();
         move |c| c.store.cancel(&id, now_ms())
@@ -505,6 +554,7 @@ async fn cancel_task(State(state): State<AppState>, Path(id): Path<String>) -> A
 
 async fn list_tasks(
     State(state): State<AppState>,
+    caller: CallerExt,
     Query(query): Query<HashMap<String, String>>,
 ) -> ApiResult<Response> {
     reject_unknown_query(&query, &["state", "module_id", "limit"])?;
@@ -519,17 +569,21 @@ async fn list_tasks(
     };
     let module_id = query.get("module_id").map(|m| parse_module_id(m)).transpose()?.map(|m| m.to_string());
     let limit = query_u64(&query, "limit", 100)?.clamp(1, 10_000) as u32;
-    let filter = TaskFilter { state: state_filter, module_id, limit };
+    let filter = TaskFilter { state: state_filter, module_id, tenant: tenant_of(&caller), limit };
     let tasks = blocking(&state, move |c| c.store.list_tasks(&filter)).await?;
     Ok(json(StatusCode::OK, &TaskList { tasks }))
 }
 
 async fn list_subtasks(
     State(state): State<AppState>,
+    caller: CallerExt,
     Path(id): Path<String>,
     Query(query): Query<HashMap<String, String>>,
 ) -> ApiResult<Response> {
     validate_id(&id, "invalid_task_id")?;
+    if tenant_of(&caller).is_some() {
+        authorized(&state, &caller, &id).await?;
+    }
     reject_unknown_query(&query, &["phase", "state", "offset", "limit"])?;
     let phase = match query.get("phase") {
         None => None,

@@ -46,10 +46,19 @@ impl Role {
     }
 }
 
-/// The known tokens, as (sha256 of the token, role).
+/// Who sent a request: its token's role and, for a client token of a tenant, that tenant. Handlers find
+/// it in the request's extensions when authentication is on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    pub role: Role,
+    /// A tenant's client sees only the tasks of its tenant.
+    pub tenant: Option<String>,
+}
+
+/// The known tokens, as (sha256 of the token, what it stands for).
 #[derive(Debug, Clone, Default)]
 pub struct Tokens {
-    entries: Vec<([u8; 32], Role)>,
+    entries: Vec<([u8; 32], Caller)>,
 }
 
 fn hash(token: &str) -> [u8; 32] {
@@ -67,12 +76,13 @@ impl Tokens {
         if token.len() < 16 {
             return Err(format!("the {} token is too short: use at least 16 characters", role.as_str()));
         }
-        self.entries.push((hash(token), role));
+        self.entries.push((hash(token), Caller { role, tenant: None }));
         Ok(())
     }
 
-    /// Adds the tokens of a token file: one `ROLE sha256:HEX` per line (the hash of the token, e.g.
-    /// `printf %s "$TOKEN" | sha256sum`); blank lines and lines starting with `#` are skipped.
+    /// Adds the tokens of a token file: one `ROLE sha256:HEX [tenant=NAME]` per line (the hash of the token,
+    /// e.g. `printf %s "$TOKEN" | sha256sum`; a tenant only for client tokens); blank lines and lines
+    /// starting with `#` are skipped.
     pub fn add_file(&mut self, text: &str) -> Result<(), String> {
         for (n, line) in text.lines().enumerate() {
             let line = line.trim();
@@ -81,31 +91,49 @@ impl Tokens {
             }
             let bad = |why: &str| format!("token file line {}: {why}", n + 1);
             let mut fields = line.split_whitespace();
-            let (Some(role), Some(digest), None) = (fields.next(), fields.next(), fields.next()) else {
-                return Err(bad("expected `ROLE sha256:HEX`"));
+            let (Some(role), Some(digest), tenant, None) =
+                (fields.next(), fields.next(), fields.next(), fields.next())
+            else {
+                return Err(bad("expected `ROLE sha256:HEX [tenant=NAME]`"));
             };
             let role = Role::parse(role).ok_or_else(|| bad("the role must be client, worker or admin"))?;
             let hex_digest = digest.strip_prefix("sha256:").unwrap_or(digest);
             let mut bytes = [0u8; 32];
             hex::decode_to_slice(hex_digest, &mut bytes)
                 .map_err(|_| bad("the hash must be sha256:<64 hex digits> of the token"))?;
-            self.entries.push((bytes, role));
+            let tenant = match tenant.map(|t| t.strip_prefix("tenant=")) {
+                None => None,
+                Some(Some(name)) if role == Role::Client && valid_tenant(name) => Some(name.to_owned()),
+                Some(Some(_)) if role != Role::Client => {
+                    return Err(bad("only client tokens belong to a tenant"));
+                }
+                _ => {
+                    return Err(bad(
+                        "the third field must be `tenant=NAME` (1 to 64 letters, digits, `-`, `_`)",
+                    ));
+                }
+            };
+            self.entries.push((bytes, Caller { role, tenant }));
         }
         Ok(())
     }
 
-    /// The role of `token`, comparing its hash with every entry in constant time.
-    pub fn role_of(&self, token: &str) -> Option<Role> {
+    /// Who `token` stands for, comparing its hash with every entry in constant time.
+    pub fn caller_of(&self, token: &str) -> Option<&Caller> {
         let presented = hash(token);
         let mut found = None;
-        for (known, role) in &self.entries {
+        for (known, caller) in &self.entries {
             if bool::from(known.ct_eq(&presented)) {
                 // Keep looping: the time taken does not depend on where (or whether) it matched.
-                found = found.or(Some(*role));
+                found = found.or(Some(caller));
             }
         }
         found
     }
+}
+
+fn valid_tenant(name: &str) -> bool {
+    (1..=64).contains(&name.len()) && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
 /// The roles a route accepts; `None` for open routes.
@@ -134,7 +162,11 @@ fn refuse(status: StatusCode, code: &'static str, message: String) -> Response {
 }
 
 /// Middleware: lets a request through only with a token of a role its route accepts.
-pub async fn authenticate(State(state): State<Arc<Coordinator>>, request: Request, next: Next) -> Response {
+pub async fn authenticate(
+    State(state): State<Arc<Coordinator>>,
+    mut request: Request,
+    next: Next,
+) -> Response {
     let tokens = &state.config.tokens;
     if tokens.is_empty() {
         return next.run(request).await;
@@ -156,9 +188,10 @@ pub async fn authenticate(State(state): State<Arc<Coordinator>>, request: Reques
                 .into(),
         );
     };
-    let Some(role) = tokens.role_of(token.trim()) else {
+    let Some(caller) = tokens.caller_of(token.trim()).cloned() else {
         return refuse(StatusCode::UNAUTHORIZED, "unauthorized", "unknown token".into());
     };
+    let role = caller.role;
     if !roles.contains(&role) {
         let wanted: Vec<&str> = roles.iter().map(|r| r.as_str()).collect();
         return refuse(
@@ -173,6 +206,7 @@ pub async fn authenticate(State(state): State<Arc<Coordinator>>, request: Reques
             ),
         );
     }
+    request.extensions_mut().insert(caller);
     next.run(request).await
 }
 
@@ -185,11 +219,18 @@ mod tests {
         let mut tokens = Tokens::default();
         tokens.add(Role::Client, "client-secret-0123456789").expect("add");
         let worker_hash = hex::encode(hash("worker-secret-0123456789"));
-        tokens.add_file(&format!("# workers\nworker sha256:{worker_hash}\n\n")).expect("file");
-        assert_eq!(tokens.role_of("client-secret-0123456789"), Some(Role::Client));
-        assert_eq!(tokens.role_of("worker-secret-0123456789"), Some(Role::Worker));
-        assert_eq!(tokens.role_of("client-secret-012345678"), None);
-        assert_eq!(tokens.role_of(""), None);
+        let acme_hash = hex::encode(hash("acme-secret-0123456789"));
+        tokens
+            .add_file(&format!("# workers\nworker sha256:{worker_hash}\n\nclient {acme_hash} tenant=acme\n"))
+            .expect("file");
+        let role = |t: &str| tokens.caller_of(t).map(|c| c.role);
+        assert_eq!(role("client-secret-0123456789"), Some(Role::Client));
+        assert_eq!(role("worker-secret-0123456789"), Some(Role::Worker));
+        assert_eq!(role("client-secret-012345678"), None);
+        assert_eq!(role(""), None);
+        let acme = tokens.caller_of("acme-secret-0123456789").expect("acme");
+        assert_eq!((acme.role, acme.tenant.as_deref()), (Role::Client, Some("acme")));
+        assert_eq!(tokens.caller_of("client-secret-0123456789").expect("client").tenant, None);
     }
 
     #[test]
@@ -199,6 +240,10 @@ mod tests {
         assert!(tokens.add_file("admin").unwrap_err().contains("line 1"));
         assert!(tokens.add_file("boss sha256:00").unwrap_err().contains("role"));
         assert!(tokens.add_file("client sha256:xyz").unwrap_err().contains("64 hex"));
+        let digest = "0".repeat(64);
+        assert!(tokens.add_file(&format!("worker {digest} tenant=a")).unwrap_err().contains("only client"));
+        assert!(tokens.add_file(&format!("client {digest} team=a")).unwrap_err().contains("tenant=NAME"));
+        assert!(tokens.add_file(&format!("client {digest} tenant=a/b")).unwrap_err().contains("tenant=NAME"));
         assert!(tokens.is_empty(), "nothing was added");
     }
 

@@ -223,6 +223,28 @@ pub mod reqwest {
         })
     }
 
+    /// Sends a body with a bearer token; returns the status and the JSON body.
+    pub fn send_with_token_body(
+        method: &str,
+        url: &str,
+        token: &str,
+        body: Vec<u8>,
+        content_type: &str,
+    ) -> (u16, serde_json::Value) {
+        runtime().block_on(async {
+            let client = ::reqwest::Client::new();
+            let req = client
+                .request(method.parse().expect("method"), url)
+                .bearer_auth(token)
+                .header("content-type", content_type)
+                .body(body);
+            let resp = req.send().await.expect("request sent");
+            let status = resp.status().as_u16();
+            let bytes = resp.bytes().await.expect("body");
+            (status, serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null))
+        })
+    }
+
     pub fn blocking_get_text(url: &str) -> String {
         runtime().block_on(async { ::reqwest::get(url).await.expect("get").text().await.expect("text") })
     }

@@ -229,3 +229,89 @@ fn tls_with_a_trusted_ca_runs_a_task_and_untrusted_clients_fail() {
         String::from_utf8_lossy(&bad.stderr)
     );
 }
+
+#[test]
+fn a_tenants_client_sees_only_its_tenants_tasks() {
+    use sha2::Digest;
+    const ACME: &str = "acme-client-token-000001";
+    const GLOBEX: &str = "globex-client-token-00002";
+    let dir = tempfile::tempdir().expect("temp dir");
+    let hashed = |t: &str| hex::encode(sha2::Sha256::digest(t.as_bytes()));
+    let file = dir.path().join("tokens");
+    std::fs::write(
+        &file,
+        format!(
+            "# tenants\nclient sha256:{} tenant=acme\nclient sha256:{} tenant=globex\n",
+            hashed(ACME),
+            hashed(GLOBEX)
+        ),
+    )
+    .expect("write token file");
+    let file = file.display().to_string();
+    let mut cluster = Cluster::coordinator_with(&[
+        "--token-file",
+        &file,
+        "--client-token",
+        CLIENT,
+        "--worker-token",
+        WORKER,
+    ]);
+    cluster.add_worker(1, &["--token", WORKER]);
+    let url = |path: &str| format!("{}{path}", cluster.url);
+    let module = hivemind_guest_programs::read(hivemind_guest_programs::ECHO);
+    let (status, _) =
+        crate::reqwest::send_with_token_body("POST", &url("/v1/modules"), ACME, module, "application/wasm");
+    assert!(status == 201 || status == 200, "{status}");
+    let module_id =
+        format!("sha256:{}", hashed_bytes(&hivemind_guest_programs::read(hivemind_guest_programs::ECHO)));
+    let submit = |token: &str, key: &str| {
+        let body = serde_json::json!({ "module_id": module_id, "inputs": ["hi"], "idempotency_key": key });
+        crate::reqwest::send_with_token_body(
+            "POST",
+            &url("/v1/tasks"),
+            token,
+            body.to_string().into_bytes(),
+            "application/json",
+        )
+    };
+    let (status, acme_task) = submit(ACME, "same-key");
+    assert_eq!(status, 201, "{acme_task}");
+    let id = acme_task["task_id"].as_str().expect("task id").to_owned();
+    assert_eq!(acme_task["tenant"], "acme");
+    // Another tenant's same idempotency key makes its own task.
+    let (status, globex_task) = submit(GLOBEX, "same-key");
+    assert_eq!(status, 201, "{globex_task}");
+    assert_ne!(globex_task["task_id"], acme_task["task_id"]);
+    poll_until(Duration::from_secs(20), || {
+        call("GET", &url(&format!("/v1/tasks/{id}")), Some(ACME)).1["state"] == "succeeded"
+    });
+    for path in [
+        format!("/v1/tasks/{id}"),
+        format!("/v1/tasks/{id}/result"),
+        format!("/v1/tasks/{id}/subtasks"),
+        format!("/v1/tasks/{id}/wait?timeout_ms=1"),
+    ] {
+        let (status, body) = call("GET", &url(&path), Some(GLOBEX));
+        assert_eq!((status, body["error"]["code"].as_str()), (404, Some("task_not_found")), "{path}");
+        assert_eq!(call("GET", &url(&path), Some(ACME)).0, 200, "{path}");
+        assert_eq!(
+            call("GET", &url(&path), Some(CLIENT)).0,
+            200,
+            "a client token of no tenant sees all: {path}"
+        );
+    }
+    assert_eq!(call("POST", &url(&format!("/v1/tasks/{id}/cancel")), Some(GLOBEX)).0, 404);
+    let ids = |token: &str| -> Vec<String> {
+        let tasks =
+            call("GET", &url("/v1/tasks"), Some(token)).1["tasks"].as_array().cloned().unwrap_or_default();
+        tasks.iter().map(|t| t["task_id"].as_str().unwrap_or_default().to_owned()).collect()
+    };
+    assert_eq!(ids(ACME), vec![id.clone()]);
+    assert!(!ids(GLOBEX).contains(&id));
+    assert_eq!(ids(CLIENT).len(), 2);
+}
+
+fn hashed_bytes(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
+}

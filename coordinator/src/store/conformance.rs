@@ -31,6 +31,7 @@ macro_rules! suite {
             unknown_module_and_worker_are_refused,
             modules_are_content_addressed,
             lists_filter_tasks_and_subtasks,
+            tasks_keep_their_tenant,
             worker_resources_and_totals_are_listed,
             grace_spares_workers_after_a_restart
         );
@@ -67,6 +68,7 @@ fn task(id: &str, priority: i32, inputs: usize) -> NewTask {
         requires: BTreeMap::new(),
         idempotency_key: None,
         deadline_at_ms: None,
+        tenant: None,
         inputs: (0..inputs).map(|i| format!("{id}-{i}").into_bytes()).collect(),
     }
 }
@@ -480,4 +482,20 @@ pub fn grace_spares_workers_after_a_restart(store: &dyn Store) {
     store.grace_workers(10_000).expect("grace");
     assert!(store.expire_workers(9_000, &[], 10_500).expect("expire").is_empty());
     assert_eq!(store.expire_workers(10_001, &[], 14_000).expect("expire").len(), 1);
+}
+
+pub fn tasks_keep_their_tenant(store: &dyn Store) {
+    let mut acme = task("a", 0, 1);
+    acme.tenant = Some("acme".into());
+    store.submit(acme, 0).expect("submit");
+    store.submit(task("b", 0, 1), 1).expect("submit");
+    assert_eq!(status(store, "a").tenant.as_deref(), Some("acme"));
+    assert_eq!(status(store, "b").tenant, None);
+    let only = |tenant: &str| {
+        let filter = TaskFilter { tenant: Some(tenant.into()), limit: 10, ..Default::default() };
+        store.list_tasks(&filter).expect("list").into_iter().map(|t| t.task_id).collect::<Vec<_>>()
+    };
+    assert_eq!(only("acme"), vec!["a".to_string()]);
+    assert!(only("other").is_empty());
+    assert_eq!(store.list_tasks(&TaskFilter { limit: 10, ..Default::default() }).expect("list").len(), 2);
 }

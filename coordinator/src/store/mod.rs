@@ -55,6 +55,8 @@ pub struct NewTask {
     pub requires: BTreeMap<String, String>,
     pub idempotency_key: Option<String>,
     pub deadline_at_ms: Option<u64>,
+    /// The tenant of the submitting client (`None`: no tenant).
+    pub tenant: Option<String>,
     pub inputs: Vec<Vec<u8>>,
 }
 
@@ -63,6 +65,8 @@ pub struct NewTask {
 pub struct TaskFilter {
     pub state: Option<TaskState>,
     pub module_id: Option<String>,
+    /// Only this tenant's tasks.
+    pub tenant: Option<String>,
     pub limit: u32,
 }
 

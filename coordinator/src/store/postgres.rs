@@ -29,7 +29,10 @@ use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::time::Duration;
 
-const MIGRATIONS: [&str; 1] = [include_str!("../../migrations/postgres/0001_initial.sql")];
+const MIGRATIONS: [&str; 2] = [
+    include_str!("../../migrations/postgres/0001_initial.sql"),
+    include_str!("../../migrations/postgres/0002_tenants.sql"),
+];
 
 /// Advisory lock key that serialises migrations of coordinators starting at once.
 const MIGRATION_LOCK: i64 = 0x6869_7665_6d69_6e64;
@@ -79,7 +82,7 @@ fn usage_at(row: &Row, first: usize) -> Usage {
 macro_rules! task_columns {
     () => {
         "id, module_id, state, priority, split, reduce, phase, n_queued, n_leased, n_succeeded, n_failed, \
-         n_cancelled, fuel, wall_us, peak_memory, error, created_at, finished_at, requires"
+         n_cancelled, fuel, wall_us, peak_memory, error, created_at, finished_at, requires, tenant"
     };
 }
 
@@ -104,6 +107,7 @@ fn task_from_row(row: &Row) -> TaskStatus {
         created_at_ms: u64_at(row, 16),
         finished_at_ms: opt_u64_at(row, 17),
         requires: parse_labels(row.get(18)),
+        tenant: row.get(19),
     }
 }
 
@@ -756,8 +760,8 @@ impl TaskStore for PostgresStore {
             let inserted = tx.exec(
                 "INSERT INTO tasks (id, module_id, state, phase, priority, limits, memory, requires, max_attempts,
                     retry_on_error, split, reduce, labels, idempotency_key, deadline_at, map_total, n_queued,
-                    created_at)
-                 VALUES ($1, $2, 'queued', $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)
+                    created_at, tenant)
+                 VALUES ($1, $2, 'queued', $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)
                  ON CONFLICT (idempotency_key) DO NOTHING",
                 &[
                     &task.id,
@@ -777,6 +781,7 @@ impl TaskStore for PostgresStore {
                     &map_total,
                     &queued,
                     &(now_ms as i64),
+                    &task.tenant,
                 ],
             )?;
             if inserted == 0 {
@@ -811,9 +816,15 @@ impl TaskStore for PostgresStore {
                         "SELECT ",
                         task_columns!(),
                         " FROM tasks WHERE ($1::text IS NULL OR state = $1) AND ($2::text IS NULL OR module_id = $2)
+                            AND ($4::text IS NULL OR tenant = $4)
                          ORDER BY seq DESC LIMIT $3"
                     ),
-                    &[&filter.state.map(TaskState::as_str), &filter.module_id, &i64::from(filter.limit.max(1))],
+                    &[
+                        &filter.state.map(TaskState::as_str),
+                        &filter.module_id,
+                        &i64::from(filter.limit.max(1)),
+                        &filter.tenant,
+                    ],
                 )?
                 .iter()
                 .map(task_from_row)
@@ -1452,6 +1463,7 @@ mod tests {
             requires: Default::default(),
             idempotency_key: None,
             deadline_at_ms: None,
+            tenant: None,
             inputs,
         };
         store.submit(task, 0).expect("submit");

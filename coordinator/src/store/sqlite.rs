@@ -16,10 +16,11 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-const MIGRATIONS: [&str; 3] = [
+const MIGRATIONS: [&str; 4] = [
     include_str!("../../migrations/sqlite/0001_initial.sql"),
     include_str!("../../migrations/sqlite/0002_lease_requests.sql"),
     include_str!("../../migrations/sqlite/0003_placement.sql"),
+    include_str!("../../migrations/sqlite/0004_tenants.sql"),
 ];
 
 /// How hard a commit tries to reach the disk.
@@ -55,7 +56,8 @@ impl From<rusqlite::Error> for StoreError {
 }
 
 const TASK_COLUMNS: &str = "id, module_id, state, priority, split, reduce, phase, n_queued, n_leased, \
-     n_succeeded, n_failed, n_cancelled, fuel, wall_us, peak_memory, error, created_at, finished_at, requires";
+     n_succeeded, n_failed, n_cancelled, fuel, wall_us, peak_memory, error, created_at, finished_at, requires, \
+     tenant";
 
 fn task_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<TaskStatus> {
     let state: String = row.get(2)?;
@@ -79,6 +81,7 @@ fn task_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<TaskStatus> {
         created_at_ms: u64_at(row, 16)?,
         finished_at_ms: row.get::<_, Option<i64>>(17)?.map(|v| v as u64),
         requires: serde_json::from_str(&row.get::<_, String>(18)?).unwrap_or_default(),
+        tenant: row.get(19)?,
     })
 }
 
@@ -527,8 +530,8 @@ impl TaskStore for SqliteStore {
             tx.prepare_cached(
                 "INSERT INTO tasks (id, seq, module_id, state, phase, priority, limits, max_attempts, retry_on_error,
                     split, reduce, labels, idempotency_key, deadline_at, map_total, n_queued, created_at, memory,
-                    requires)
-                 VALUES (?1, ?2, ?3, 'queued', ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)",
+                    requires, tenant)
+                 VALUES (?1, ?2, ?3, 'queued', ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)",
             )?
             .execute(params![
                 task.id,
@@ -549,6 +552,7 @@ impl TaskStore for SqliteStore {
                 now_ms as i64,
                 task.limits.memory_bytes as i64,
                 requires,
+                task.tenant,
             ])?;
             if task.split {
                 let input = task.inputs.first().map(Vec::as_slice).unwrap_or_default();
@@ -571,10 +575,11 @@ impl TaskStore for SqliteStore {
         self.read(|conn| {
             let mut stmt = conn.prepare_cached(&format!(
                 "SELECT {TASK_COLUMNS} FROM tasks WHERE (?1 IS NULL OR state = ?1) AND (?2 IS NULL OR module_id = ?2)
+                    AND (?4 IS NULL OR tenant = ?4)
                  ORDER BY seq DESC LIMIT ?3"
             ))?;
             stmt.query_map(
-                params![filter.state.map(TaskState::as_str), filter.module_id, filter.limit.max(1)],
+                params![filter.state.map(TaskState::as_str), filter.module_id, filter.limit.max(1), filter.tenant],
                 task_from_row,
             )?
             .collect()

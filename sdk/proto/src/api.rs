@@ -195,6 +195,9 @@ pub struct TaskStatus {
     /// Worker labels the task's subtasks require.
     #[serde(default)]
     pub requires: BTreeMap<String, String>,
+    /// The tenant the task belongs to (set from the submitting client token's tenant).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
     pub created_at_ms: u64,
     pub finished_at_ms: Option<u64>,
 }
