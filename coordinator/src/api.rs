@@ -13,8 +13,8 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use hivemind_proto::api::{
-    CompleteBatch, Heartbeat, LeaseRequest, ModuleInfo, RegisterWorker, Registered, SubmitTask, SubtaskList,
-    TaskList, TaskState, TaskStatus, WorkerInfo, WorkerList,
+    ClusterSummary, CompleteBatch, Heartbeat, LeaseRequest, ModuleInfo, QueueLevel, RegisterWorker,
+    Registered, SubmitTask, SubtaskList, TaskList, TaskState, TaskStatus, WorkerInfo, WorkerList,
 };
 use hivemind_proto::units::format_size;
 use hivemind_proto::{Limits, Phase};
@@ -33,6 +33,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/healthz"),
     ("get", "/metrics"),
     ("get", "/v1/openapi.json"),
+    ("get", "/v1/cluster"),
     ("post", "/v1/modules"),
     ("put", "/v1/modules/{module_id}"),
     ("get", "/v1/modules/{module_id}"),
@@ -57,6 +58,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route("/v1/openapi.json", get(openapi))
+        .route("/v1/cluster", get(cluster_summary))
         .route("/v1/modules", post(upload_module))
         .route("/v1/modules/{module_id}", put(put_module).get(download_module))
         .route("/v1/modules/{module_id}/info", get(module_info))
@@ -72,6 +74,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/workers/{worker_id}/lease", post(lease))
         .route("/v1/workers/{worker_id}/complete", post(complete))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), crate::auth::authenticate))
+        .merge(crate::dashboard::routes())
         .fallback(|| async { ApiError::not_found("no_such_route", "no such route: see /v1/openapi.json") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
@@ -140,20 +143,45 @@ async fn healthz() -> impl IntoResponse {
     axum::Json(serde_json::json!({ "status": "ok" }))
 }
 
-async fn metrics(State(state): State<AppState>) -> ApiResult<Response> {
-    let gauges = blocking(&state, |c| {
+/// The store readings behind `/metrics` and `/v1/cluster`: every worker, and the queue by priority.
+async fn read_gauges(state: &AppState) -> ApiResult<(Vec<WorkerInfo>, Gauges)> {
+    blocking(state, |c| {
         let workers = c.store.list_workers()?;
         let alive = workers.iter().filter(|w| w.state == "alive");
-        Ok(Gauges {
+        let gauges = Gauges {
             queue_by_priority: c.store.queue_depth()?,
             workers_alive: alive.clone().count() as u64,
             slots_total: alive.clone().map(|w| u64::from(w.slots)).sum(),
             subtasks_running: alive.map(|w| u64::from(w.running)).sum(),
-        })
+        };
+        Ok((workers, gauges))
     })
-    .await?;
+    .await
+}
+
+async fn metrics(State(state): State<AppState>) -> ApiResult<Response> {
+    let (_, gauges) = read_gauges(&state).await?;
     let text = state.metrics.render(&gauges);
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
+}
+
+async fn cluster_summary(State(state): State<AppState>) -> ApiResult<Response> {
+    let (workers, gauges) = read_gauges(&state).await?;
+    let mut queue_by_priority: Vec<QueueLevel> =
+        gauges.queue_by_priority.iter().map(|&(priority, queued)| QueueLevel { priority, queued }).collect();
+    queue_by_priority.sort_by_key(|level| std::cmp::Reverse(level.priority));
+    let summary = ClusterSummary {
+        workers_alive: gauges.workers_alive,
+        workers_total: workers.len() as u64,
+        slots: gauges.slots_total,
+        slots_in_use: gauges.subtasks_running.min(gauges.slots_total),
+        queued_total: queue_by_priority.iter().map(|level| level.queued).sum(),
+        queue_by_priority,
+        subtasks_succeeded: state.metrics.subtasks_succeeded.get(),
+        subtasks_failed: state.metrics.subtasks_failed.get(),
+        throughput: state.throughput(),
+    };
+    Ok(json(StatusCode::OK, &summary))
 }
 
 async fn openapi() -> impl IntoResponse {

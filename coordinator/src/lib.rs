@@ -13,6 +13,7 @@
 pub mod api;
 pub mod auth;
 pub mod config;
+pub mod dashboard;
 pub mod error;
 mod metrics;
 mod openapi;
@@ -54,7 +55,13 @@ pub struct Coordinator {
     /// leaves work to them when they suit it better than the asking worker.
     polling: parking_lot::Mutex<HashMap<String, usize>>,
     pub metrics: Metrics,
+    /// Totals of succeeded and failed subtask attempts, sampled once a second for the dashboard's
+    /// throughput chart: `(unix ms, succeeded, failed)`, the last [`THROUGHPUT_SECONDS`] + 1 samples.
+    throughput: parking_lot::Mutex<std::collections::VecDeque<(u64, u64, u64)>>,
 }
+
+/// How far back the throughput history reaches (ten minutes).
+pub const THROUGHPUT_SECONDS: usize = 600;
 
 /// Marks a worker as long-polling while alive.
 struct Polling<'a> {
@@ -128,7 +135,33 @@ impl Coordinator {
             heard: parking_lot::Mutex::new(HashMap::new()),
             polling: parking_lot::Mutex::new(HashMap::new()),
             metrics: Metrics::default(),
+            throughput: parking_lot::Mutex::new(std::collections::VecDeque::new()),
         }))
+    }
+
+    /// Records the current totals of finished subtask attempts (called once a second).
+    fn sample_throughput(&self) {
+        let sample = (now_ms(), self.metrics.subtasks_succeeded.get(), self.metrics.subtasks_failed.get());
+        let mut samples = self.throughput.lock();
+        if samples.len() > THROUGHPUT_SECONDS {
+            samples.pop_front();
+        }
+        samples.push_back(sample);
+    }
+
+    /// Finished subtasks per second over the sampled history, oldest first.
+    pub fn throughput(&self) -> Vec<hivemind_proto::api::ThroughputPoint> {
+        let samples = self.throughput.lock();
+        let rate = |now: u64, before: u64, ms: u64| (now - before) as f64 * 1000.0 / ms.max(1) as f64;
+        samples
+            .iter()
+            .zip(samples.iter().skip(1))
+            .map(|(a, b)| hivemind_proto::api::ThroughputPoint {
+                at_ms: b.0,
+                succeeded_per_s: rate(b.1, a.1, b.0.saturating_sub(a.0)),
+                failed_per_s: rate(b.2, a.2, b.0.saturating_sub(a.0)),
+            })
+            .collect()
     }
 
     /// Records that `worker` was heard from just now.
@@ -200,6 +233,7 @@ impl Coordinator {
 /// The background loops of a serving coordinator: the failure detector and the local autoscaler.
 struct Background {
     detector: tokio::task::JoinHandle<()>,
+    sampler: tokio::task::JoinHandle<()>,
     autoscaler: Option<tokio::task::JoinHandle<()>>,
 }
 
@@ -223,16 +257,28 @@ impl Background {
                 }
             })
         };
+        let sampler = {
+            let coordinator = coordinator.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(1));
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tick.tick().await;
+                    coordinator.sample_throughput();
+                }
+            })
+        };
         let autoscaler = coordinator
             .config
             .local_workers
             .clone()
             .map(|local| tokio::spawn(scaling::supervise(local, coordinator.clone())));
-        Background { detector, autoscaler }
+        Background { detector, sampler, autoscaler }
     }
 
     async fn stop(self) {
         self.detector.abort();
+        self.sampler.abort();
         if let Some(autoscaler) = self.autoscaler {
             // Dropping the supervisor kills its worker processes.
             autoscaler.abort();

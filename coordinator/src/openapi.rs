@@ -10,6 +10,11 @@ fn operation(method: &str, path: &str) -> (&'static str, Option<&'static str>, &
         ("get", "/healthz") => ("Liveness check", None, "`{\"status\": \"ok\"}`"),
         ("get", "/metrics") => ("Prometheus metrics (text format)", None, "Prometheus text"),
         ("get", "/v1/openapi.json") => ("This document", None, "OpenAPI document"),
+        ("get", "/v1/cluster") => (
+            "Cluster summary: workers, slots in use, queue by priority, throughput of the last minutes",
+            None,
+            "ClusterSummary",
+        ),
         ("post", "/v1/modules") => {
             ("Upload a module (raw WebAssembly bytes)", Some("application/wasm"), "ModuleInfo")
         }

@@ -143,6 +143,8 @@ impl Inner {
         let mut core_linker = Linker::new(&engine);
         wasmtime_wasi::p1::add_to_linker_sync(&mut core_linker, |s: &mut CoreState| &mut s.wasi)
             .map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
+        crate::sandbox::add_guarded_poll_oneoff(&mut core_linker)
+            .map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
         let component_linker =
             component::linker(&engine).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
         let cache = ModuleCache::open(config.cache_dir.clone(), &engine)?;

@@ -127,6 +127,112 @@ impl ResourceLimiter for MemoryLimiter {
 pub(crate) struct CoreState {
     pub(crate) wasi: WasiP1Ctx,
     pub(crate) limiter: MemoryLimiter,
+    /// When the run's timeout passes; host calls that wait (`poll_oneoff`) stop there too.
+    pub(crate) deadline: Instant,
+    pub(crate) cancel: Option<CancelToken>,
+}
+
+/// WASI errno values used by [`poll_oneoff`].
+const ERRNO_FAULT: i32 = 21;
+const ERRNO_INVAL: i32 = 28;
+
+/// Longest single sleep inside `poll_oneoff`: how quickly a sleeping guest notices its timeout or a
+/// cancellation.
+const SLEEP_SLICE: std::time::Duration = std::time::Duration::from_millis(2);
+
+/// Replaces WASI's `poll_oneoff` for command modules, which would otherwise block the worker's thread in a
+/// host sleep that epoch interruption cannot reach, so a guest could outlive its timeout and ignore
+/// cancellation. Clock subscriptions sleep in slices of at most 2 ms and end with the run's timeout or
+/// cancellation; descriptor subscriptions (in-memory stdio) are always ready.
+pub(crate) fn add_guarded_poll_oneoff(linker: &mut wasmtime::Linker<CoreState>) -> wasmtime::Result<()> {
+    linker.allow_shadowing(true);
+    linker.func_wrap(
+        "wasi_snapshot_preview1",
+        "poll_oneoff",
+        |mut caller: wasmtime::Caller<'_, CoreState>,
+         subs: i32,
+         events: i32,
+         n: i32,
+         nevents: i32|
+         -> wasmtime::Result<i32> {
+            let Some(memory) = caller.get_export("memory").and_then(|e| e.into_memory()) else {
+                return Ok(ERRNO_INVAL);
+            };
+            let n = n as u32 as usize;
+            if n == 0 || n > 4096 {
+                return Ok(ERRNO_INVAL);
+            }
+            let mut raw = vec![0u8; n * 48];
+            if memory.read(&caller, subs as u32 as usize, &mut raw).is_err() {
+                return Ok(ERRNO_FAULT);
+            }
+            let u64_at = |b: &[u8], at: usize| u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"));
+            // (userdata, tag, sleep in ns): tag 0 is a clock, 1 and 2 read and write readiness.
+            let subscriptions: Vec<(u64, u8, u64)> = raw
+                .chunks_exact(48)
+                .map(|sub| {
+                    let (userdata, tag) = (u64_at(sub, 0), sub[8]);
+                    let absolute = u16::from_le_bytes([sub[40], sub[41]]) & 1 == 1;
+                    let timeout = u64_at(sub, 24);
+                    let sleep = if tag != 0 {
+                        0
+                    } else if absolute {
+                        // Absolute times: on the realtime clock, the time left; otherwise due now.
+                        let now = std::time::SystemTime::now()
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .map(|d| d.as_nanos() as u64)
+                            .unwrap_or(0);
+                        if u32::from_le_bytes(sub[16..20].try_into().expect("4 bytes")) == 0 {
+                            timeout.saturating_sub(now)
+                        } else {
+                            0
+                        }
+                    } else {
+                        timeout
+                    };
+                    (userdata, tag, sleep)
+                })
+                .collect();
+            if subscriptions.iter().any(|(_, tag, _)| *tag > 2) {
+                return Ok(ERRNO_INVAL);
+            }
+            let shortest = subscriptions.iter().map(|(_, _, ns)| *ns).min().unwrap_or(0);
+            let until = Instant::now() + std::time::Duration::from_nanos(shortest);
+            loop {
+                let state = caller.data();
+                if state.cancel.as_ref().is_some_and(CancelToken::is_cancelled) {
+                    return Err(wasmtime::Error::new(Interrupted::Cancelled));
+                }
+                let now = Instant::now();
+                if now >= until {
+                    break;
+                }
+                if now >= state.deadline {
+                    return Err(wasmtime::Error::new(Interrupted::Timeout));
+                }
+                std::thread::sleep(SLEEP_SLICE.min(until - now).min(state.deadline - now));
+            }
+            let mut out = Vec::with_capacity(n * 32);
+            let mut ready = 0u32;
+            for (userdata, tag, ns) in &subscriptions {
+                if *ns > shortest {
+                    continue;
+                }
+                let mut event = [0u8; 32];
+                event[0..8].copy_from_slice(&userdata.to_le_bytes());
+                event[10] = *tag;
+                out.extend_from_slice(&event);
+                ready += 1;
+            }
+            if memory.write(&mut caller, events as u32 as usize, &out).is_err()
+                || memory.write(&mut caller, nevents as u32 as usize, &ready.to_le_bytes()).is_err()
+            {
+                return Ok(ERRNO_FAULT);
+            }
+            Ok(0)
+        },
+    )?;
+    Ok(())
 }
 
 /// What every store, whatever the ABI, is set up with.
@@ -212,7 +318,12 @@ fn run_command(
 ) -> Result<RunOutput, RunFailure> {
     let prepared = prepare(&request);
     let wasi = wasi_builder(&request, request.input.clone(), &prepared).build_p1();
-    let state = CoreState { wasi, limiter: MemoryLimiter::new(request.limits.memory_bytes) };
+    let state = CoreState {
+        wasi,
+        limiter: MemoryLimiter::new(request.limits.memory_bytes),
+        deadline: prepared.started + request.limits.timeout(),
+        cancel: request.cancel.clone(),
+    };
     let mut store = Store::new(&inner.engine, state);
     arm(&mut store, &request, |s| &mut s.limiter, &prepared)?;
 

@@ -298,3 +298,54 @@ fn run_async_does_not_block_tokio() {
         assert_eq!((a.expect("a").output, b.expect("b").output), (b"a".to_vec(), b"b".to_vec()));
     });
 }
+
+#[test]
+fn environment_holds_only_the_three_variables() {
+    let module = load(&fixture("read-env"));
+    let req = RunRequest { subtask_index: 7, attempt: 2, ..request(Phase::Map, b"", Limits::default()) };
+    let out = runtime().run(&module, req).expect("the guest reads its environment");
+    let text = String::from_utf8(out.output).expect("utf-8");
+    let mut vars: Vec<&str> = text.split('\0').filter(|v| !v.is_empty()).collect();
+    vars.sort_unstable();
+    assert_eq!(vars, ["HIVEMIND_ATTEMPT=2", "HIVEMIND_SUBTASK_INDEX=7", "HIVEMIND_TASK_ID=t-test"]);
+}
+
+#[test]
+fn wasi_sleep_returns_after_its_time() {
+    let started = std::time::Instant::now();
+    let out = run(&fixture("sleep-briefly"), b"", Limits::default()).expect("the guest sleeps and wakes");
+    assert_eq!(out.output, b"slept");
+    assert!(started.elapsed() >= std::time::Duration::from_millis(20), "slept its 20 ms");
+}
+
+#[test]
+fn wasi_sleep_cannot_outlive_the_timeout() {
+    let started = std::time::Instant::now();
+    let err = fails(&fixture("sleep-forever"), Limits { timeout_ms: 100, ..Limits::default() });
+    assert_eq!(err.kind, ErrorKind::Timeout, "{err}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(5), "an hour's sleep ended at the timeout");
+    assert_runtime_healthy();
+}
+
+#[test]
+fn wasi_sleep_is_cancellable() {
+    let module = load(&fixture("sleep-forever"));
+    let token = hivemind_runtime::CancelToken::new();
+    let req = RunRequest { cancel: Some(token.clone()), ..request(Phase::Map, b"", Limits::default()) };
+    let started = std::time::Instant::now();
+    let canceller = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        token.cancel();
+    });
+    let err = runtime().run(&module, req).expect_err("cancelled");
+    canceller.join().expect("canceller thread");
+    assert_eq!(err.kind, ErrorKind::Cancelled, "{err}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(5), "cancelled in its sleep");
+}
+
+#[test]
+fn clock_calls_in_a_loop_end_at_the_timeout() {
+    let err = fails(&fixture("clock-spin"), Limits { timeout_ms: 100, fuel: 1 << 60, ..Limits::default() });
+    assert_eq!(err.kind, ErrorKind::Timeout, "{err}");
+    assert_runtime_healthy();
+}

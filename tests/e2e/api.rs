@@ -186,6 +186,7 @@ fn every_command_has_help_with_an_example() {
         &["bench", "e2e", "--help"],
         &["bench", "failover", "--help"],
         &["bench", "heartbeats", "--help"],
+        &["bench", "scaling", "--help"],
     ] {
         let out = std::process::Command::new(BIN).args(args).output().expect("run");
         let text = String::from_utf8_lossy(&out.stdout);

@@ -193,11 +193,20 @@ pub mod reqwest {
         })
     }
 
-    /// Sends a request; returns the status and the body parsed as JSON (or `null`).
-    pub fn send(method: &str, url: &str, body: Option<(Vec<u8>, &str)>) -> (u16, serde_json::Value) {
+    /// Sends a request with an optional bearer token and body; returns the status and the body parsed as
+    /// JSON (or `null`).
+    pub fn request(
+        method: &str,
+        url: &str,
+        token: Option<&str>,
+        body: Option<(Vec<u8>, &str)>,
+    ) -> (u16, serde_json::Value) {
         runtime().block_on(async {
             let client = ::reqwest::Client::new();
             let mut req = client.request(method.parse().expect("method"), url);
+            if let Some(token) = token {
+                req = req.bearer_auth(token);
+            }
             if let Some((bytes, content_type)) = body {
                 req = req.header("content-type", content_type).body(bytes);
             }
@@ -208,22 +217,17 @@ pub mod reqwest {
         })
     }
 
-    /// Sends a bodiless request with an optional bearer token; returns the status and the JSON body.
-    pub fn send_with_token(method: &str, url: &str, token: Option<&str>) -> (u16, serde_json::Value) {
-        runtime().block_on(async {
-            let client = ::reqwest::Client::new();
-            let mut req = client.request(method.parse().expect("method"), url);
-            if let Some(token) = token {
-                req = req.bearer_auth(token);
-            }
-            let resp = req.send().await.expect("request sent");
-            let status = resp.status().as_u16();
-            let bytes = resp.bytes().await.expect("body");
-            (status, serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null))
-        })
+    /// Sends a request without a token.
+    pub fn send(method: &str, url: &str, body: Option<(Vec<u8>, &str)>) -> (u16, serde_json::Value) {
+        request(method, url, None, body)
     }
 
-    /// Sends a body with a bearer token; returns the status and the JSON body.
+    /// Sends a bodiless request with an optional bearer token.
+    pub fn send_with_token(method: &str, url: &str, token: Option<&str>) -> (u16, serde_json::Value) {
+        request(method, url, token, None)
+    }
+
+    /// Sends a body with a bearer token.
     pub fn send_with_token_body(
         method: &str,
         url: &str,
@@ -231,18 +235,7 @@ pub mod reqwest {
         body: Vec<u8>,
         content_type: &str,
     ) -> (u16, serde_json::Value) {
-        runtime().block_on(async {
-            let client = ::reqwest::Client::new();
-            let req = client
-                .request(method.parse().expect("method"), url)
-                .bearer_auth(token)
-                .header("content-type", content_type)
-                .body(body);
-            let resp = req.send().await.expect("request sent");
-            let status = resp.status().as_u16();
-            let bytes = resp.bytes().await.expect("body");
-            (status, serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null))
-        })
+        request(method, url, Some(token), Some((body, content_type)))
     }
 
     pub fn blocking_get_text(url: &str) -> String {

@@ -315,3 +315,179 @@ fn hashed_bytes(bytes: &[u8]) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(bytes))
 }
+
+/// A small deterministic generator (xorshift), so a failing case can be replayed from its number.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn bytes(&mut self, n: usize) -> Vec<u8> {
+        (0..n).map(|_| self.next() as u8).collect()
+    }
+}
+
+/// Malformed bodies: garbage, broken and mistyped JSON, deep nesting, huge numbers, bad UTF-8.
+fn malformed_bodies(rng: &mut Rng) -> Vec<Vec<u8>> {
+    let mut bodies: Vec<Vec<u8>> = vec![
+        Vec::new(),
+        b"{".to_vec(),
+        b"null".to_vec(),
+        b"[]".to_vec(),
+        b"{\"module_id\": 7, \"inputs\": \"x\"}".to_vec(),
+        b"{\"inputs\": [], \"priority\": 1e400}".to_vec(),
+        b"{\"name\": \"w\", \"slots\": -1, \"memory_bytes\": 18446744073709551616, \"cores\": 1}".to_vec(),
+        b"{\"running\": \"many\", \"extra\": true}".to_vec(),
+        b"{\"max\": 4294967296}".to_vec(),
+        b"{\"completions\": [{\"subtask_id\": \"x\"}]}".to_vec(),
+        b"\xff\xfe\x00{\"a\":1}".to_vec(),
+        format!("{}{}", "[".repeat(100_000), "]".repeat(100_000)).into_bytes(),
+        format!("{{\"module_id\": \"sha256:{}\", \"inputs\": [{{\"base64\": \"!!!\"}}]}}", "0".repeat(64))
+            .into_bytes(),
+    ];
+    for _ in 0..12 {
+        let n = (rng.next() % 2048) as usize;
+        bodies.push(rng.bytes(n));
+    }
+    bodies
+}
+
+#[test]
+fn malformed_requests_to_every_route_get_4xx_and_change_nothing() {
+    let cluster = Cluster::coordinator_only();
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let bodies = malformed_bodies(&mut rng);
+    let ids =
+        ["x".repeat(10_000), "%00".into(), "..%2F..%2Fetc".into(), "sha256:zz".into(), "\u{1F600}".into()];
+    let queries = ["", "?limit=-1", "?timeout_ms=99999999999999999999", "?state=bogus&x=1", "?offset=%FF"];
+    let mut sent = 0;
+    for (method, path) in ROUTES {
+        let method = method.to_uppercase();
+        for (i, id) in ids.iter().enumerate() {
+            let concrete =
+                path.replace("{module_id}", id).replace("{task_id}", id).replace("{worker_id}", id);
+            let url = format!("{}{concrete}{}", cluster.url, queries[i % queries.len()]);
+            let body = &bodies[(i * 7 + sent) % bodies.len()];
+            let (status, answer) =
+                crate::reqwest::send(&method, &url, Some((body.clone(), "application/json")));
+            sent += 1;
+            assert!(status < 500, "{method} {url} → {status} {answer}");
+            if status >= 400 {
+                assert!(
+                    answer["error"]["code"].is_string(),
+                    "{method} {url}: a JSON error body, got {answer}"
+                );
+            }
+        }
+        if method == "GET" {
+            continue;
+        }
+        for body in &bodies {
+            let concrete = path
+                .replace("{module_id}", &format!("sha256:{}", "0".repeat(64)))
+                .replace("{task_id}", "t1")
+                .replace("{worker_id}", "w1");
+            let url = format!("{}{concrete}", cluster.url);
+            let (status, answer) =
+                crate::reqwest::send(&method, &url, Some((body.clone(), "application/json")));
+            sent += 1;
+            assert!(
+                (400..500).contains(&status),
+                "{method} {path} with a malformed body → {status} {answer}"
+            );
+            assert!(answer["error"]["code"].is_string(), "{method} {path}: {answer}");
+        }
+    }
+    assert!(sent > 300, "{sent} requests");
+    // Nothing was created, and the server still serves.
+    let (_, tasks) = crate::reqwest::send("GET", &format!("{}/v1/tasks", cluster.url), None);
+    let (_, workers) = crate::reqwest::send("GET", &format!("{}/v1/workers", cluster.url), None);
+    assert_eq!(tasks["tasks"].as_array().map(Vec::len), Some(0), "{tasks}");
+    assert_eq!(workers["workers"].as_array().map(Vec::len), Some(0), "{workers}");
+    assert_eq!(cluster.metric("hivemind_tasks_submitted_total"), 0.0);
+    assert_eq!(crate::reqwest::send("GET", &format!("{}/healthz", cluster.url), None).0, 200);
+}
+
+/// The path of a compiled WAT fixture of `guest-examples/wat`.
+fn fixture(name: &str) -> String {
+    let dir =
+        std::path::Path::new(hivemind_guest_programs::WAT_UNREACHABLE).parent().expect("fixture folder");
+    dir.join(format!("{name}.wasm")).to_string_lossy().into_owned()
+}
+
+#[test]
+fn hostile_guests_fail_with_their_error_kind_and_leave_the_worker_healthy() {
+    use hivemind_client::{Blob, LimitsSpec, SubmitTask, TaskState};
+    let mut cluster = Cluster::start(1, 2);
+    cluster.wait_for_workers(1);
+    let client = cluster.client();
+    let tight = LimitsSpec {
+        fuel: Some(1 << 40),
+        memory_bytes: Some(32 << 20),
+        timeout_ms: Some(300),
+        output_bytes: Some(1 << 20),
+        log_bytes: None,
+    };
+    let cases = [
+        ("infinite-loop", "timeout", LimitsSpec { fuel: Some(10_000_000_000_000), ..tight }),
+        ("infinite-loop", "fuel_exhausted", LimitsSpec { fuel: Some(1_000_000), ..tight }),
+        ("memory-bomb", "memory_limit", tight),
+        ("deep-recursion", "trap", tight),
+        ("huge-output", "output_too_large", tight),
+        ("unreachable", "trap", tight),
+        ("exit-3", "exit_code", tight),
+        ("open-host-file", "exit_code", tight),
+        ("open-socket", "exit_code", tight),
+        ("sleep-forever", "timeout", tight),
+        ("clock-spin", "timeout", LimitsSpec { fuel: Some(10_000_000_000_000), ..tight }),
+    ];
+    // Submit them all at once: two slots run the hostile guests side by side.
+    let mut submitted = Vec::new();
+    for (name, kind, limits) in cases {
+        let module_id =
+            client.upload_module(hivemind_guest_programs::read(&fixture(name))).expect("upload").module_id;
+        let task = client
+            .submit_task(&SubmitTask {
+                module_id,
+                inputs: vec![Blob::from("")],
+                limits,
+                ..SubmitTask::default()
+            })
+            .expect("submit");
+        submitted.push((name, kind, task.task_id));
+    }
+    for (name, kind, task_id) in &submitted {
+        let status = client.wait(task_id, Some(Duration::from_secs(60)), |_| {}).expect("finishes");
+        assert_eq!(status.state, TaskState::Failed, "{name}");
+        let error = status.error.unwrap_or_default();
+        assert!(error.contains(kind), "{name}: expected {kind}, got {error}");
+    }
+    // Modules the host cannot run are refused at upload, with the reason.
+    for (name, reason) in [("unknown-import", "unknown import"), ("not-a-command", "_start")] {
+        let err = client.upload_module(hivemind_guest_programs::read(&fixture(name))).expect_err("refused");
+        assert_eq!(err.code(), Some("invalid_module"), "{name}: {err}");
+        assert!(err.to_string().contains(reason), "{name}: {err}");
+    }
+    // The same worker process is alive, registered, and runs a normal task correctly.
+    assert!(cluster.workers[0].try_wait().expect("worker status").is_none(), "the worker survived");
+    let echo = client
+        .upload_module(hivemind_guest_programs::read(hivemind_guest_programs::ECHO))
+        .expect("upload")
+        .module_id;
+    let inputs: Vec<Blob> = (0..50).map(|i| Blob::from(format!("still healthy {i}").as_str())).collect();
+    let task = client
+        .submit_task(&SubmitTask { module_id: echo, inputs: inputs.clone(), ..SubmitTask::default() })
+        .expect("submit");
+    let status = client.wait(&task.task_id, Some(Duration::from_secs(60)), |_| {}).expect("finishes");
+    assert_eq!(status.state, TaskState::Succeeded);
+    let outputs = client.get_result(&task.task_id).expect("result").outputs.expect("outputs");
+    assert_eq!(outputs.into_iter().map(|o| o.expect("output")).collect::<Vec<_>>(), inputs);
+    let workers = client.list_workers().expect("workers").workers;
+    assert_eq!(workers.len(), 1, "no re-registration: {workers:?}");
+    assert_eq!(workers[0].failed, submitted.len() as u64, "{workers:?}");
+}

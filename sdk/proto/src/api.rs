@@ -417,6 +417,40 @@ pub struct WorkerList {
     pub workers: Vec<WorkerInfo>,
 }
 
+/// `GET /v1/cluster`: what the dashboard's summary shows.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct ClusterSummary {
+    /// Live workers, and all registered ones (live, draining or dead).
+    pub workers_alive: u64,
+    pub workers_total: u64,
+    /// Slots of live workers, and how many of them run a subtask now.
+    pub slots: u64,
+    pub slots_in_use: u64,
+    /// Queued subtasks by priority, highest priority first.
+    pub queue_by_priority: Vec<QueueLevel>,
+    pub queued_total: u64,
+    /// Subtask attempts this coordinator recorded since it started.
+    pub subtasks_succeeded: u64,
+    pub subtasks_failed: u64,
+    /// Finished subtasks per second over the last minutes (one point a second, oldest first), as recorded
+    /// by this coordinator.
+    pub throughput: Vec<ThroughputPoint>,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct QueueLevel {
+    pub priority: i32,
+    pub queued: u64,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq)]
+pub struct ThroughputPoint {
+    /// Unix time in milliseconds at the end of the second.
+    pub at_ms: u64,
+    pub succeeded_per_s: f64,
+    pub failed_per_s: f64,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

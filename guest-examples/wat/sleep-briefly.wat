@@ -1,0 +1,15 @@
+;; A guest that sleeps 20 ms (poll_oneoff on the monotonic clock), then writes "slept" to stdout.
+(module
+  (import "wasi_snapshot_preview1" "poll_oneoff" (func $poll (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_write" (func $write (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 300) "slept")
+  (func (export "_start")
+    (i32.store8 (i32.const 8) (i32.const 0))
+    (i32.store (i32.const 16) (i32.const 1))
+    (i64.store (i32.const 24) (i64.const 20000000))
+    (if (call $poll (i32.const 0) (i32.const 100) (i32.const 1) (i32.const 200)) (then unreachable))
+    (if (i32.ne (i32.load (i32.const 200)) (i32.const 1)) (then unreachable))
+    (i32.store (i32.const 400) (i32.const 300))
+    (i32.store (i32.const 404) (i32.const 5))
+    (drop (call $write (i32.const 1) (i32.const 400) (i32.const 1) (i32.const 408)))))
