@@ -238,6 +238,11 @@ pub mod reqwest {
         request(method, url, Some(token), Some((body, content_type)))
     }
 
+    /// The status of a GET, or `None` when nothing answers.
+    pub fn status_of(url: &str) -> Option<u16> {
+        runtime().block_on(async { ::reqwest::get(url).await.ok().map(|r| r.status().as_u16()) })
+    }
+
     pub fn blocking_get_text(url: &str) -> String {
         runtime().block_on(async { ::reqwest::get(url).await.expect("get").text().await.expect("text") })
     }

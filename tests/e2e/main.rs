@@ -2,6 +2,7 @@
 //! chosen at run time. One test binary, one module per area, sharing the fixtures below.
 
 mod api;
+mod browser;
 mod cluster;
 mod faults;
 mod postgres;

@@ -86,12 +86,10 @@ function drawChart(points) {
   const line = (f) => data.map((p, i) => `${x(i).toFixed(1)},${y(f(p)).toFixed(1)}`).join(" ");
   const ns = "http://www.w3.org/2000/svg";
   const shape = (tag, attrs) => { const n = document.createElementNS(ns, tag); for (const [k, v] of Object.entries(attrs)) n.setAttribute(k, v); return n; };
-  const label = shape("text", { x: 4, y: 12, "font-size": 11, fill: "#6b7385" });
-  label.textContent = `max ${number(Math.round(max))}/s`;
+  $("chart-max").textContent = `peak ${number(Math.round(max))}/s`;
   svg.replaceChildren(
     shape("polyline", { points: line((p) => p.succeeded_per_s + p.failed_per_s), fill: "none", stroke: "#2a6fd6", "stroke-width": 1.5, "vector-effect": "non-scaling-stroke" }),
     shape("polyline", { points: line((p) => p.failed_per_s), fill: "none", stroke: "#c0392b", "stroke-width": 1, "vector-effect": "non-scaling-stroke" }),
-    label,
   );
 }
 
