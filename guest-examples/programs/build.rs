@@ -19,7 +19,7 @@ fn main() {
     for path in [&examples.join("Cargo.toml"), &sdk, &wit] {
         println!("cargo:rerun-if-changed={}", path.display());
     }
-    for dir in ["echo", "wordcount", "primes", "mandelbrot", "component", "c", "wat"] {
+    for dir in ["echo", "wordcount", "primes", "mandelbrot", "component", "sleepy-component", "c", "wat"] {
         println!("cargo:rerun-if-changed={}", examples.join(dir).display());
     }
 
@@ -40,9 +40,11 @@ fn main() {
         let built = target_dir.join("wasm32-wasip1/release").join(format!("{name}.wasm"));
         add(name, &copy_out(&built, &out, name));
     }
-    cargo_build(&examples, &target_dir, "wasm32-wasip2", &["primes-component"]);
-    let built = target_dir.join("wasm32-wasip2/release/primes_component.wasm");
-    add("primes-component", &copy_out(&built, &out, "primes-component"));
+    cargo_build(&examples, &target_dir, "wasm32-wasip2", &["primes-component", "sleepy-component"]);
+    for name in ["primes-component", "sleepy-component"] {
+        let built = target_dir.join("wasm32-wasip2/release").join(format!("{}.wasm", name.replace('-', "_")));
+        add(name, &copy_out(&built, &out, name));
+    }
 
     let c_out = out.join("primes-c.wasm");
     build_c(&examples.join("c/primes.c"), &c_out);

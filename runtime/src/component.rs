@@ -1,17 +1,24 @@
 //! The component ABI (SPEC §2.3): components of the `hivemind:task` world from `wit/`, run with WASI 0.2 and
 //! the `hivemind:task/host` imports. Exports are looked up by name so `split` and `reduce` stay optional.
 
+use crate::CancelToken;
 use crate::engine::Inner;
 use crate::error::RunFailure;
 use crate::pipe::CappedPipe;
-use crate::sandbox::{self, Ended, GuestError, MemoryLimiter, RunOutput, RunRequest};
+use crate::sandbox::{self, Ended, GuestError, Interrupted, MemoryLimiter, RunOutput, RunRequest};
 use hivemind_proto::{Phase, frame};
-use wasmtime::component::{Component, InstancePre, Linker, ResourceTable};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+use wasmtime::component::{Component, InstancePre, Linker, Resource, ResourceTable};
 use wasmtime::{Engine, Store, StoreContextMut};
+use wasmtime_wasi::p2::{DynPollable, Pollable};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 /// The versioned host interface every Hivemind component may import.
 pub(crate) const HOST_INTERFACE: &str = "hivemind:task/host@0.1.0";
+
+/// The WASI 0.2 clock interface as wasmtime-wasi 48 defines it (older 0.2 imports resolve to it).
+const MONOTONIC_CLOCK: &str = "wasi:clocks/monotonic-clock@0.2.12";
 
 pub(crate) struct ComponentState {
     ctx: WasiCtx,
@@ -19,6 +26,79 @@ pub(crate) struct ComponentState {
     limiter: MemoryLimiter,
     /// `host.log` writes here, into the same capped log as stderr.
     log: CappedPipe,
+    /// When the run's timeout passes, and its cancellation: sleeps end at either.
+    deadline: Instant,
+    cancel: Option<CancelToken>,
+}
+
+/// The zero of the monotonic clock components see.
+fn clock_base() -> Instant {
+    static BASE: OnceLock<Instant> = OnceLock::new();
+    *BASE.get_or_init(Instant::now)
+}
+
+fn monotonic_now() -> u64 {
+    clock_base().elapsed().as_nanos() as u64
+}
+
+/// A component's sleep (a `wasi:clocks/monotonic-clock` pollable). wasmtime-wasi's synchronous
+/// `wasi:io/poll` blocks the thread inside the host, where epoch interruption cannot reach, so this
+/// pollable also becomes ready at the run's timeout or cancellation; the run is then reported as
+/// `timeout` or `cancelled` (see [`run`]).
+struct GuardedSleep {
+    until: Option<Instant>,
+    deadline: Instant,
+    cancel: Option<CancelToken>,
+}
+
+#[async_trait::async_trait]
+impl Pollable for GuardedSleep {
+    async fn ready(&mut self) {
+        loop {
+            if self.cancel.as_ref().is_some_and(CancelToken::is_cancelled) {
+                return;
+            }
+            let end = self.until.map_or(self.deadline, |until| until.min(self.deadline));
+            let now = Instant::now();
+            if now >= end {
+                return;
+            }
+            tokio::time::sleep((end - now).min(sandbox::SLEEP_SLICE)).await;
+        }
+    }
+}
+
+fn guarded_sleep(state: &mut ComponentState, duration: Duration) -> wasmtime::Result<Resource<DynPollable>> {
+    let sleep = GuardedSleep {
+        until: Instant::now().checked_add(duration),
+        deadline: state.deadline,
+        cancel: state.cancel.clone(),
+    };
+    let resource = state.table.push(sleep)?;
+    wasmtime_wasi::p2::subscribe(&mut state.table, resource)
+}
+
+/// Replaces the monotonic clock's `now` and sleeps (`subscribe-duration`, `subscribe-instant`) with ones
+/// that end at the run's timeout or cancellation.
+fn add_guarded_clock(linker: &mut Linker<ComponentState>) -> wasmtime::Result<()> {
+    linker.allow_shadowing(true);
+    let mut clock = linker.instance(MONOTONIC_CLOCK)?;
+    clock.func_wrap("now", |_store: StoreContextMut<'_, ComponentState>, (): ()| Ok((monotonic_now(),)))?;
+    clock.func_wrap(
+        "subscribe-duration",
+        |mut store: StoreContextMut<'_, ComponentState>, (nanos,): (u64,)| {
+            Ok((guarded_sleep(store.data_mut(), Duration::from_nanos(nanos))?,))
+        },
+    )?;
+    clock.func_wrap(
+        "subscribe-instant",
+        |mut store: StoreContextMut<'_, ComponentState>, (when,): (u64,)| {
+            let left = Duration::from_nanos(when.saturating_sub(monotonic_now()));
+            Ok((guarded_sleep(store.data_mut(), left)?,))
+        },
+    )?;
+    linker.allow_shadowing(false);
+    Ok(())
 }
 
 impl WasiView for ComponentState {
@@ -30,6 +110,7 @@ impl WasiView for ComponentState {
 pub(crate) fn linker(engine: &Engine) -> wasmtime::Result<Linker<ComponentState>> {
     let mut linker = Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+    add_guarded_clock(&mut linker)?;
     let mut host = linker.instance(HOST_INTERFACE)?;
     host.func_wrap("log", |store: StoreContextMut<'_, ComponentState>, (message,): (String,)| {
         let log = &store.data().log;
@@ -101,6 +182,8 @@ pub(crate) fn run(
         table: ResourceTable::new(),
         limiter: MemoryLimiter::new(request.limits.memory_bytes),
         log: prepared.stderr.clone(),
+        deadline: prepared.started + request.limits.timeout(),
+        cancel: request.cancel.clone(),
     };
     let mut store = Store::new(&inner.engine, state);
     sandbox::arm(&mut store, &request, |s| &mut s.limiter, &prepared)?;
@@ -127,5 +210,14 @@ pub(crate) fn run(
             };
             returned.map(Some).map_err(|message| wasmtime::Error::new(GuestError(message)))
         });
+    // A sleep cut short by the timeout or a cancellation lets the guest return normally: its run still
+    // counts as interrupted.
+    let outcome = match outcome {
+        Ok(_) if request.cancel.as_ref().is_some_and(CancelToken::is_cancelled) => {
+            Err(wasmtime::Error::new(Interrupted::Cancelled))
+        }
+        Ok(_) if Instant::now() >= store.data().deadline => Err(wasmtime::Error::new(Interrupted::Timeout)),
+        outcome => outcome,
+    };
     Ended::of(&store, &store.data().limiter, request.limits).finish(outcome, &prepared)
 }

@@ -59,7 +59,7 @@ impl CancelToken {
 
 /// Why the epoch callback stopped the guest.
 #[derive(Debug, thiserror::Error)]
-enum Interrupted {
+pub(crate) enum Interrupted {
     #[error("the subtask ran longer than its timeout")]
     Timeout,
     #[error("the subtask was cancelled")]
@@ -138,7 +138,7 @@ const ERRNO_INVAL: i32 = 28;
 
 /// Longest single sleep inside `poll_oneoff`: how quickly a sleeping guest notices its timeout or a
 /// cancellation.
-const SLEEP_SLICE: std::time::Duration = std::time::Duration::from_millis(2);
+pub(crate) const SLEEP_SLICE: std::time::Duration = std::time::Duration::from_millis(2);
 
 /// Replaces WASI's `poll_oneoff` for command modules, which would otherwise block the worker's thread in a
 /// host sleep that epoch interruption cannot reach, so a guest could outlive its timeout and ignore

@@ -349,3 +349,42 @@ fn clock_calls_in_a_loop_end_at_the_timeout() {
     assert_eq!(err.kind, ErrorKind::Timeout, "{err}");
     assert_runtime_healthy();
 }
+
+#[test]
+fn component_sleep_returns_after_its_time() {
+    let module = load(programs::SLEEPY_COMPONENT);
+    assert_eq!(module.kind(), ModuleKind::Component);
+    let started = std::time::Instant::now();
+    let out =
+        runtime().run(&module, request(Phase::Map, b"20", Limits::default())).expect("sleeps and wakes");
+    assert_eq!(out.output, b"slept");
+    assert!(started.elapsed() >= std::time::Duration::from_millis(20), "slept its 20 ms");
+}
+
+#[test]
+fn component_sleep_cannot_outlive_the_timeout() {
+    let module = load(programs::SLEEPY_COMPONENT);
+    let started = std::time::Instant::now();
+    let limits = Limits { timeout_ms: 100, ..Limits::default() };
+    let err = runtime().run(&module, request(Phase::Map, b"3600000", limits)).expect_err("an hour's sleep");
+    assert_eq!(err.kind, ErrorKind::Timeout, "{err}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(5), "ended at the timeout");
+    assert_runtime_healthy();
+}
+
+#[test]
+fn component_sleep_is_cancellable() {
+    let module = load(programs::SLEEPY_COMPONENT);
+    let token = hivemind_runtime::CancelToken::new();
+    let req =
+        RunRequest { cancel: Some(token.clone()), ..request(Phase::Map, b"3600000", Limits::default()) };
+    let started = std::time::Instant::now();
+    let canceller = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        token.cancel();
+    });
+    let err = runtime().run(&module, req).expect_err("cancelled");
+    canceller.join().expect("canceller thread");
+    assert_eq!(err.kind, ErrorKind::Cancelled, "{err}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(5), "cancelled in its sleep");
+}

@@ -59,8 +59,10 @@ pub enum Command {
     Run(run::Run),
     Coordinator(coordinator::CoordinatorCmd),
     Worker(worker::WorkerCmd),
+    /// Upload modules (content-addressed WebAssembly task functions)
     #[command(subcommand)]
     Module(module::ModuleCmd),
+    /// Submit, watch, fetch, cancel and list tasks
     #[command(subcommand)]
     Task(task::TaskCmd),
     Demo(demo::Demo),

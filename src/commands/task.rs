@@ -20,13 +20,16 @@ pub enum TaskCmd {
     },
     /// Print a finished task's result (the reduce output, or the map outputs one per line).
     #[command(
-        after_help = "Examples:\n  hivemind task result 0193c8e2-…\n  hivemind task result 0193c8e2-… -o counts.json"
+        after_help = "Examples:\n  hivemind task result 0193c8e2-…\n  hivemind task result 0193c8e2-… -o counts.json\n  hivemind task result 0193c8e2-… --wait"
     )]
     Result {
         id: String,
         /// Write the result to this file instead of stdout.
         #[arg(short, long)]
         output: Option<PathBuf>,
+        /// Wait for the task to finish first (with a progress bar on a terminal).
+        #[arg(long)]
+        wait: bool,
     },
     /// Cancel a task: queued subtasks are dropped, running ones interrupted.
     #[command(after_help = "Example:\n  hivemind task cancel 0193c8e2-…")]
@@ -127,7 +130,11 @@ impl TaskCmd {
                 }
                 Ok(ExitCode::SUCCESS)
             }
-            TaskCmd::Result { id, output } => {
+            TaskCmd::Result { id, output, wait } => {
+                if wait {
+                    let show = !global.json && std::io::IsTerminal::is_terminal(&std::io::stderr());
+                    follow(&client, &id, show).await?;
+                }
                 let result = client.get_result(&id).await?;
                 write_result(&result, output.as_deref(), global.json)?;
                 Ok(ExitCode::SUCCESS)

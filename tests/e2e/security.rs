@@ -433,7 +433,7 @@ fn hostile_guests_fail_with_their_error_kind_and_leave_the_worker_healthy() {
         output_bytes: Some(1 << 20),
         log_bytes: None,
     };
-    let cases = [
+    let fixtures = [
         ("infinite-loop", "timeout", LimitsSpec { fuel: Some(10_000_000_000_000), ..tight }),
         ("infinite-loop", "fuel_exhausted", LimitsSpec { fuel: Some(1_000_000), ..tight }),
         ("memory-bomb", "memory_limit", tight),
@@ -446,20 +446,24 @@ fn hostile_guests_fail_with_their_error_kind_and_leave_the_worker_healthy() {
         ("sleep-forever", "timeout", tight),
         ("clock-spin", "timeout", LimitsSpec { fuel: Some(10_000_000_000_000), ..tight }),
     ];
+    let mut cases: Vec<(String, &str, &str, LimitsSpec)> =
+        fixtures.into_iter().map(|(name, kind, limits)| (fixture(name), "", kind, limits)).collect();
+    // A component asking WASI 0.2 to sleep an hour.
+    cases.push((hivemind_guest_programs::SLEEPY_COMPONENT.into(), "3600000", "timeout", tight));
     // Submit them all at once: two slots run the hostile guests side by side.
     let mut submitted = Vec::new();
-    for (name, kind, limits) in cases {
-        let module_id =
-            client.upload_module(hivemind_guest_programs::read(&fixture(name))).expect("upload").module_id;
+    for (path, input, kind, limits) in cases {
+        let module_id = client.upload_module(hivemind_guest_programs::read(&path)).expect("upload").module_id;
         let task = client
             .submit_task(&SubmitTask {
                 module_id,
-                inputs: vec![Blob::from("")],
+                inputs: vec![Blob::from(input)],
                 limits,
                 ..SubmitTask::default()
             })
             .expect("submit");
-        submitted.push((name, kind, task.task_id));
+        let name = std::path::Path::new(&path).file_stem().map(|s| s.to_string_lossy().into_owned());
+        submitted.push((name.unwrap_or_default(), kind, task.task_id));
     }
     for (name, kind, task_id) in &submitted {
         let status = client.wait(task_id, Some(Duration::from_secs(60)), |_| {}).expect("finishes");

@@ -180,6 +180,18 @@ impl std::fmt::Debug for PostgresStore {
     }
 }
 
+impl Drop for PostgresStore {
+    /// Closes the idle connections on a thread of their own: closing a synchronous `postgres` client
+    /// blocks on its internal runtime, which panics when the store's last owner drops it on a tokio worker
+    /// thread (as the coordinator does when it shuts down).
+    fn drop(&mut self) {
+        let idle = std::mem::take(&mut *self.idle.lock());
+        if !idle.is_empty() {
+            let _ = std::thread::spawn(move || drop(idle)).join();
+        }
+    }
+}
+
 /// A pooled connection, returned to the pool when dropped (unless it broke).
 struct Pooled<'a> {
     store: &'a PostgresStore,
