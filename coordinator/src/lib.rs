@@ -295,6 +295,10 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let background = Background::start(&coordinator);
     let router = api::router(coordinator);
+    // Small request/response pairs: send each reply at once instead of waiting on Nagle's algorithm.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     let result = axum::serve(listener, router).with_graceful_shutdown(shutdown).await;
     background.stop().await;
     result

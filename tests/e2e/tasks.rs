@@ -184,3 +184,33 @@ fn cancel_stops_task_and_keeps_finished_results() {
     let finished = result.outputs.expect("outputs").into_iter().flatten().count() as u64;
     assert!((1..200).contains(&finished));
 }
+
+#[test]
+fn result_long_polls_until_the_task_finishes() {
+    let cluster = Cluster::start(1, 1);
+    let client = cluster.client();
+    let module_id = upload(&cluster, programs::PRIMES);
+    let submit = |range: &str| {
+        let inputs = vec![Blob::from(range)];
+        client.submit_task(&SubmitTask { module_id: module_id.clone(), inputs, ..SubmitTask::default() })
+    };
+    // A task of a few hundred milliseconds: one request waits for it and answers with its result.
+    let task = submit("1 3000000").expect("submit");
+    let url = format!("{}/v1/tasks/{}/result?wait_ms=30000", cluster.url, task.task_id);
+    let (status, body) = crate::reqwest::send("GET", &url, None);
+    assert_eq!((status, &body["outputs"][0]), (200, &serde_json::json!("216816")), "{body}");
+    // Still running when the wait is over: 409 task_not_finished, and the client's timeout.
+    let slow = submit("1 2000000000").expect("submit");
+    let url = format!("{}/v1/tasks/{}/result?wait_ms=50", cluster.url, slow.task_id);
+    let (status, body) = crate::reqwest::send("GET", &url, None);
+    assert_eq!((status, body["error"]["code"].as_str()), (409, Some("task_not_finished")), "{body}");
+    let err = client.wait_result(&slow.task_id, Some(Duration::from_millis(100))).expect_err("times out");
+    assert!(matches!(err, hivemind_client::Error::Timeout(_)), "{err}");
+    client.cancel(&slow.task_id).expect("cancel");
+    let cancelled =
+        client.wait_result(&slow.task_id, Some(Duration::from_secs(30))).expect("cancelled result");
+    assert_eq!(cancelled.state, TaskState::Cancelled);
+    // A bad wait is refused.
+    let url = format!("{}/v1/tasks/{}/result?wait_ms=soon", cluster.url, task.task_id);
+    assert_eq!(crate::reqwest::send("GET", &url, None).0, 400);
+}

@@ -357,7 +357,16 @@ impl Worker {
                     attempt: subtask.attempt,
                     cancel: Some(token),
                 };
-                self.runtime.run_async(&module, request).await
+                // On a multi-threaded runtime the sandbox runs on this thread (tokio moves its other work
+                // elsewhere meanwhile): no hand-off to the blocking pool and back on the path of every
+                // subtask. A current-thread runtime cannot do that, so there it goes to the blocking pool.
+                if tokio::runtime::Handle::current().runtime_flavor()
+                    == tokio::runtime::RuntimeFlavor::MultiThread
+                {
+                    tokio::task::block_in_place(|| self.runtime.run(&module, request))
+                } else {
+                    self.runtime.run_async(&module, request).await
+                }
             }
             Err(failure) => Err(failure),
         };

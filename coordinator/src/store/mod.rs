@@ -171,6 +171,13 @@ pub trait ModuleStore: Send + Sync {
 
 /// Tasks, their subtasks and the scheduler's queue.
 pub trait TaskStore: Send + Sync {
+    /// Whether point reads (`task_status`, `task_result`) are cheap, in-process and never wait on a write
+    /// transaction, so the API may run them on its async threads instead of handing them to the blocking
+    /// pool (two thread wake-ups on the path of every such request). SQLite in WAL mode: yes; a database
+    /// across the network: no (the default).
+    fn inline_reads(&self) -> bool {
+        false
+    }
     /// Stores a task and its first subtasks; with an idempotency key already used, returns that task and
     /// `false`.
     fn submit(&self, task: NewTask, now_ms: u64) -> StoreResult<(TaskStatus, bool)>;

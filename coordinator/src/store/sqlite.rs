@@ -500,6 +500,11 @@ impl ModuleStore for SqliteStore {
 }
 
 impl TaskStore for SqliteStore {
+    fn inline_reads(&self) -> bool {
+        // Readers have connections of their own, and WAL readers never wait for the writer.
+        true
+    }
+
     fn submit(&self, task: NewTask, now_ms: u64) -> StoreResult<(TaskStatus, bool)> {
         self.write(|tx| {
             if let Some(key) = &task.idempotency_key {

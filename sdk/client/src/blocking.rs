@@ -52,6 +52,10 @@ impl Client {
         self.runtime.block_on(self.inner.get_result(task_id))
     }
 
+    pub fn wait_result(&self, task_id: &str, timeout: Option<Duration>) -> Result<TaskResult, Error> {
+        self.runtime.block_on(self.inner.wait_result(task_id, timeout))
+    }
+
     pub fn cancel(&self, task_id: &str) -> Result<TaskStatus, Error> {
         self.runtime.block_on(self.inner.cancel(task_id))
     }

@@ -190,6 +190,8 @@ impl Client {
     }
 
     const TIMEOUT: Duration = Duration::from_secs(60);
+    /// Longest single long-poll of `wait_result`.
+    const LONG_POLL: Duration = Duration::from_secs(10);
 
     // ---- modules ----
 
@@ -257,6 +259,26 @@ impl Client {
     /// The aggregated result of a finished task (an error if it failed or is still running).
     pub async fn get_result(&self, task_id: &str) -> Result<TaskResult, Error> {
         self.call(Method::GET, &format!("/v1/tasks/{task_id}/result"), None::<&()>, Self::TIMEOUT).await
+    }
+
+    /// Waits for the task to finish (up to `timeout`, or forever with `None`) and returns its result, in
+    /// one request when it finishes within a poll: the coordinator long-polls `result?wait_ms=`. A failed
+    /// task is `Error::Api` with code `task_failed`; running out of time is `Error::Timeout`.
+    pub async fn wait_result(&self, task_id: &str, timeout: Option<Duration>) -> Result<TaskResult, Error> {
+        let started = Instant::now();
+        loop {
+            let left = timeout.map(|t| t.saturating_sub(started.elapsed()));
+            let poll = left.unwrap_or(Self::LONG_POLL).min(Self::LONG_POLL).max(Duration::from_millis(1));
+            let path = format!("/v1/tasks/{task_id}/result?wait_ms={}", poll.as_millis());
+            match self.call(Method::GET, &path, None::<&()>, Self::TIMEOUT + poll).await {
+                Err(Error::Api { code, .. }) if code == "task_not_finished" => {
+                    if left.is_some_and(|l| l.is_zero()) {
+                        return Err(Error::Timeout(task_id.to_owned()));
+                    }
+                }
+                other => return other,
+            }
+        }
     }
 
     pub async fn cancel(&self, task_id: &str) -> Result<TaskStatus, Error> {

@@ -286,15 +286,24 @@ class Client:
         """Waits for the task, then returns its result: ``bytes`` for a reduced or split task, one
         ``bytes`` per input (in input order) for a map task. Raises ``TaskFailed`` (with the failing
         subtask and cause) or ``TaskCancelled`` (carrying the finished outputs)."""
-        status = self.wait(task_id, timeout=timeout)
-        try:
-            result = self._request("GET", f"/v1/tasks/{_q(task_id)}/result")
-        except ApiError as e:
-            if e.code == "task_failed":
-                raise TaskFailed(e.status, e.code, e.message) from None
-            raise
+        started = time.monotonic()
+        while True:
+            left = None if timeout is None else max(0.0, timeout - (time.monotonic() - started))
+            poll_ms = max(1, int(min(10.0 if left is None else left, 10.0) * 1000))
+            try:
+                # The coordinator long-polls until the task finishes, then answers with its result.
+                result = self._request("GET", f"/v1/tasks/{_q(task_id)}/result?wait_ms={poll_ms}",
+                                       timeout=self.timeout + poll_ms / 1000)
+                break
+            except ApiError as e:
+                if e.code == "task_failed":
+                    raise TaskFailed(e.status, e.code, e.message) from None
+                if e.code != "task_not_finished":
+                    raise
+                if left is not None and left <= 0:
+                    raise Timeout(f"task {task_id} did not finish within {timeout} s") from None
         outputs = None if result.get("outputs") is None else [_unblob(o) for o in result["outputs"]]
-        if status["state"] == "cancelled":
+        if result.get("state") == "cancelled":
             raise TaskCancelled(task_id, outputs)
         if result.get("result") is not None:
             return _unblob(result["result"])

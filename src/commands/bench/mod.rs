@@ -346,8 +346,8 @@ impl E2eBench {
         let throughput = self.subtasks as f64 / elapsed.as_secs_f64();
 
         let mut latencies = Vec::with_capacity(self.latency_samples);
-        // Where the round trip goes: submit answered, task seen finished, result fetched.
-        let mut phases: [Vec<Duration>; 3] = Default::default();
+        // Where the round trip goes: submit answered, then the result (long-polled until it exists).
+        let mut phases: [Vec<Duration>; 2] = Default::default();
         for i in 0..self.latency_samples {
             let one = SubmitTask {
                 module_id: module_id.clone(),
@@ -357,13 +357,10 @@ impl E2eBench {
             let start = Instant::now();
             let task = client.submit_task(&one).await?;
             let submitted = start.elapsed();
-            client.wait(&task.task_id, None, |_| {}).await?;
-            let finished = start.elapsed();
-            let result = client.get_result(&task.task_id).await?;
+            let result = client.wait_result(&task.task_id, None).await?;
             latencies.push(start.elapsed());
             phases[0].push(submitted);
-            phases[1].push(finished - submitted);
-            phases[2].push(start.elapsed() - finished);
+            phases[1].push(start.elapsed() - submitted);
             anyhow::ensure!(result.outputs.is_some(), "latency task without result");
         }
         latencies.sort();
@@ -396,8 +393,7 @@ impl E2eBench {
                     "latency_p50_ms": p50,
                     "latency_p99_ms": p99,
                     "latency_p50_submit_ms": phases[0].first().map(|_| ms(percentile(&phases[0], 0.5))),
-                    "latency_p50_wait_ms": phases[1].first().map(|_| ms(percentile(&phases[1], 0.5))),
-                    "latency_p50_result_ms": phases[2].first().map(|_| ms(percentile(&phases[2], 0.5))),
+                    "latency_p50_result_ms": phases[1].first().map(|_| ms(percentile(&phases[1], 0.5))),
                     "coordinator_peak_rss_mb": rss,
                 })
             );
