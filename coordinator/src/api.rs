@@ -4,7 +4,7 @@
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::metrics::Gauges;
-use crate::store::{NewTask, RetryPolicy, StoreError, SubtaskFilter, TaskFilter, labels_match};
+use crate::store::{NewTask, OUTPUT_PAGE, RetryPolicy, StoreError, SubtaskFilter, TaskFilter, labels_match};
 use crate::{Coordinator, now_ms};
 use axum::Router;
 use axum::body::{Body, Bytes};
@@ -13,8 +13,9 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use hivemind_proto::api::{
-    ClusterSummary, CompleteBatch, Heartbeat, LeaseRequest, ModuleInfo, QueueLevel, RegisterWorker,
-    Registered, SubmitTask, SubtaskList, TaskList, TaskState, TaskStatus, WorkerInfo, WorkerList,
+    Blob, ClusterSummary, CompleteBatch, Heartbeat, Inputs, LeaseRequest, ModuleInfo, QueueLevel,
+    RegisterWorker, Registered, SubmitTask, SubtaskList, TaskList, TaskResult, TaskState, TaskStatus,
+    WorkerInfo, WorkerList,
 };
 use hivemind_proto::units::format_size;
 use hivemind_proto::{Limits, Phase};
@@ -315,7 +316,7 @@ fn resolve_limits(state: &Coordinator, spec: &hivemind_proto::api::LimitsSpec) -
     })
 }
 
-fn validate_submit(state: &Coordinator, req: SubmitTask) -> ApiResult<NewTask> {
+fn validate_submit(state: &Coordinator, req: SubmitTask<Inputs>) -> ApiResult<NewTask> {
     let caps = &state.config.caps;
     let module_id = parse_module_id(&req.module_id)?;
     if req.inputs.is_empty() {
@@ -333,10 +334,10 @@ fn validate_submit(state: &Coordinator, req: SubmitTask) -> ApiResult<NewTask> {
             format!("{} inputs exceed the limit of {}", req.inputs.len(), caps.max_inputs),
         ));
     }
-    if let Some((i, input)) = req.inputs.iter().enumerate().find(|(_, b)| b.0.len() > caps.max_input_bytes) {
+    if let Some((i, input)) = req.inputs.iter().enumerate().find(|(_, b)| b.len() > caps.max_input_bytes) {
         return Err(ApiError::too_large(
             "input_too_large",
-            format!("input {i} has {} bytes, over the limit of {}", input.0.len(), caps.max_input_bytes),
+            format!("input {i} has {} bytes, over the limit of {}", input.len(), caps.max_input_bytes),
         ));
     }
     let (lo, hi) = caps.priority_range;
@@ -390,7 +391,7 @@ fn validate_submit(state: &Coordinator, req: SubmitTask) -> ApiResult<NewTask> {
         idempotency_key: req.idempotency_key,
         tenant: None,
         deadline_at_ms: req.deadline_ms.map(|d| now_ms().saturating_add(d)),
-        inputs: req.inputs.into_iter().map(|b| b.0).collect(),
+        inputs: req.inputs,
     })
 }
 
@@ -442,7 +443,7 @@ fn visible(caller: &CallerExt, id: &str, status: Option<TaskStatus>) -> ApiResul
 }
 
 async fn submit_task(State(state): State<AppState>, caller: CallerExt, body: Body) -> ApiResult<Response> {
-    let req: SubmitTask = json_body(&state, body).await?;
+    let req: SubmitTask<Inputs> = json_body(&state, body).await?;
     let mut task = validate_submit(&state, req)?;
     task.tenant = tenant_of(&caller);
     if let (Some(tenant), Some(key)) = (&task.tenant, &task.idempotency_key) {
@@ -572,26 +573,118 @@ async fn task_result(
     if !wait.is_zero() {
         wait_finished(&state, &caller, &id, wait).await?;
     }
-    let (status, result) = read(&state, {
+    // Status, result head and the first page of map outputs in one read.
+    let (status, head, first) = read(&state, {
         let id = id.clone();
-        move |c| Ok((c.store.task_status(&id)?, c.store.task_result(&id)?))
+        move |c| {
+            let status = c.store.task_status(&id)?;
+            let head = c.store.result_head(&id)?;
+            let finished = status.as_ref().is_some_and(|s| s.state.is_finished());
+            let first = match &head {
+                Some(head) if finished && !head.reduce => c.store.map_outputs(&id, 0, OUTPUT_PAGE)?,
+                _ => Vec::new(),
+            };
+            Ok((status, head, first))
+        }
     })
     .await?;
     let status = visible(&caller, &id, status)?;
-    let Some(result) = result else { return Err(task_not_found(&id)) };
+    let Some(head) = head else { return Err(task_not_found(&id)) };
     match status.state {
-        TaskState::Succeeded | TaskState::Cancelled => Ok(json(StatusCode::OK, &result)),
-        TaskState::Failed => Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "task_failed",
-            format!("task `{id}` failed: {}", status.error.unwrap_or_default()),
-        )),
-        TaskState::Queued | TaskState::Running => Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "task_not_finished",
-            format!("task `{id}` is still {}; wait for it to finish", status.state),
-        )),
+        TaskState::Succeeded | TaskState::Cancelled => {}
+        TaskState::Failed => {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "task_failed",
+                format!("task `{id}` failed: {}", status.error.unwrap_or_default()),
+            ));
+        }
+        TaskState::Queued | TaskState::Running => {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "task_not_finished",
+                format!("task `{id}` is still {}; wait for it to finish", status.state),
+            ));
+        }
     }
+    if head.reduce {
+        let result =
+            TaskResult { task_id: id, state: head.state, result: head.result.map(Blob), outputs: None };
+        return Ok(json(StatusCode::OK, &result));
+    }
+    if first.len() < OUTPUT_PAGE as usize {
+        // One page: answer at once.
+        let outputs = Some(first.into_iter().map(|o| o.map(Blob)).collect());
+        return Ok(json(
+            StatusCode::OK,
+            &TaskResult { task_id: id, state: head.state, result: None, outputs },
+        ));
+    }
+    Ok(stream_outputs(state, id, head.state, first))
+}
+
+/// The JSON of a map task's result (`TaskResult` with `outputs`), written page by page as the store reads
+/// them, so a result of a million outputs never sits in the coordinator's memory whole. The outputs of a
+/// finished task no longer change, so the pages are consistent. A store error midway ends the body early
+/// (the client sees truncated JSON).
+fn stream_outputs(
+    state: AppState,
+    id: String,
+    task_state: TaskState,
+    first: Vec<Option<Vec<u8>>>,
+) -> Response {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(2);
+    tokio::spawn(async move {
+        let head = format!(
+            "{{\"task_id\":{},\"state\":{},\"result\":null,\"outputs\":[",
+            serde_json::Value::from(id.as_str()),
+            serde_json::to_string(&task_state).unwrap_or_default()
+        );
+        if tx.send(Ok(head.into())).await.is_err() {
+            return;
+        }
+        let mut from = 0u64;
+        let mut first = Some(first);
+        loop {
+            let page = match first.take() {
+                Some(page) => Ok(page),
+                None => {
+                    read(&state, {
+                        let id = id.clone();
+                        move |c| c.store.map_outputs(&id, from, OUTPUT_PAGE)
+                    })
+                    .await
+                }
+            };
+            let page = match page {
+                Ok(page) => page,
+                Err(e) => {
+                    tracing::warn!(task = %id, error = %e.message, "result stream ended early");
+                    let _ = tx.send(Err(std::io::Error::other(e.message))).await;
+                    return;
+                }
+            };
+            let last = page.len() < OUTPUT_PAGE as usize;
+            let mut chunk = Vec::with_capacity(page.len() * 8 + 2);
+            for (i, output) in page.into_iter().enumerate() {
+                if from > 0 || i > 0 {
+                    chunk.push(b',');
+                }
+                if serde_json::to_writer(&mut chunk, &output.map(Blob)).is_err() {
+                    return;
+                }
+            }
+            if last {
+                chunk.extend_from_slice(b"]}");
+            }
+            if tx.send(Ok(chunk.into())).await.is_err() || last {
+                return;
+            }
+            from += u64::from(OUTPUT_PAGE);
+        }
+    });
+    let body = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
+    ([(header::CONTENT_TYPE, "application/json")], Body::from_stream(body)).into_response()
 }
 
 async fn cancel_task(

@@ -214,3 +214,21 @@ fn result_long_polls_until_the_task_finishes() {
     let url = format!("{}/v1/tasks/{}/result?wait_ms=soon", cluster.url, task.task_id);
     assert_eq!(crate::reqwest::send("GET", &url, None).0, 400);
 }
+
+#[test]
+fn a_result_bigger_than_a_page_streams_every_output_in_order() {
+    let cluster = Cluster::start(1, 2);
+    let client = cluster.client();
+    let module_id = upload(&cluster, programs::ECHO);
+    // Two and a half pages of the coordinator's 10,000-output pages, with a binary output in the last one.
+    let mut inputs: Vec<Blob> = (0..25_001).map(|i| Blob::from(format!("out-{i}").as_str())).collect();
+    inputs[25_000] = Blob(vec![0xff, 0x00, 0xfe]);
+    let task = client
+        .submit_task(&SubmitTask { module_id, inputs: inputs.clone(), ..SubmitTask::default() })
+        .expect("submit");
+    let result = client.wait_result(&task.task_id, Some(Duration::from_secs(120))).expect("result");
+    let outputs: Vec<Blob> =
+        result.outputs.expect("map outputs").into_iter().map(|o| o.expect("output")).collect();
+    assert_eq!(outputs.len(), inputs.len());
+    assert!(outputs == inputs, "every output, in input order");
+}

@@ -57,7 +57,8 @@ pub struct NewTask {
     pub deadline_at_ms: Option<u64>,
     /// The tenant of the submitting client (`None`: no tenant).
     pub tenant: Option<String>,
-    pub inputs: Vec<Vec<u8>>,
+    /// The inputs, in one buffer.
+    pub inputs: hivemind_proto::api::Inputs,
 }
 
 /// Filters of `GET /v1/tasks`.
@@ -215,7 +216,47 @@ pub trait TaskStore: Send + Sync {
 
 /// Results of finished tasks.
 pub trait ResultStore: Send + Sync {
-    fn task_result(&self, id: &str) -> StoreResult<Option<TaskResult>>;
+    /// A task's state, whether it has a reduce step, and its reduce result; `None` when no such task.
+    fn result_head(&self, id: &str) -> StoreResult<Option<ResultHead>>;
+    /// The outputs of the task's map subtasks with index `from..from + limit`, in index order (`None` for a
+    /// subtask without an output).
+    fn map_outputs(&self, id: &str, from: u64, limit: u32) -> StoreResult<Vec<Option<Vec<u8>>>>;
+
+    /// The whole result, map outputs and all, in memory (the API streams big ones page by page instead).
+    fn task_result(&self, id: &str) -> StoreResult<Option<TaskResult>> {
+        let Some(head) = self.result_head(id)? else { return Ok(None) };
+        let outputs = if head.reduce {
+            None
+        } else {
+            let mut outputs = Vec::new();
+            loop {
+                let page = self.map_outputs(id, outputs.len() as u64, OUTPUT_PAGE)?;
+                let last = page.len() < OUTPUT_PAGE as usize;
+                outputs.extend(page.into_iter().map(|o| o.map(hivemind_proto::api::Blob)));
+                if last {
+                    break;
+                }
+            }
+            Some(outputs)
+        };
+        Ok(Some(TaskResult {
+            task_id: id.to_owned(),
+            state: head.state,
+            result: head.result.map(hivemind_proto::api::Blob),
+            outputs,
+        }))
+    }
+}
+
+/// Map outputs read at once when a result is streamed or assembled.
+pub const OUTPUT_PAGE: u32 = 10_000;
+
+/// What [`ResultStore::result_head`] returns.
+#[derive(Debug, Clone)]
+pub struct ResultHead {
+    pub state: TaskState,
+    pub reduce: bool,
+    pub result: Option<Vec<u8>>,
 }
 
 /// Workers: registration, liveness, failure detection.

@@ -429,23 +429,26 @@ fn apply_deltas(tx: &mut Tx<'_, '_>, deltas: HashMap<String, Delta>) -> StoreRes
 }
 
 /// Queues subtasks of `phase` for `inputs`, numbered from `first_idx`, in chunks of array parameters.
-fn insert_subtasks(
+fn insert_subtasks<'a>(
     tx: &mut Tx<'_, '_>,
     task_id: &str,
     phase: Phase,
     first_idx: i64,
     priority: i32,
-    inputs: &[Vec<u8>],
+    inputs: impl IntoIterator<Item = &'a [u8]>,
     now_ms: u64,
 ) -> StoreResult<()> {
-    for (n, chunk) in inputs.chunks(10_000).enumerate() {
-        let first = first_idx + (n * 10_000) as i64;
+    let mut inputs = inputs.into_iter().peekable();
+    let mut first = first_idx;
+    while inputs.peek().is_some() {
+        let chunk: Vec<&[u8]> = inputs.by_ref().take(10_000).collect();
         tx.exec(
             "INSERT INTO subtasks (task_id, phase, idx, state, priority, input, queued_at)
              SELECT $1::text, $2::text, $3::bigint + u.i - 1, 'queued', $4::integer, u.input, $5::bigint
              FROM unnest($6::bytea[]) WITH ORDINALITY AS u(input, i)",
             &[&task_id, &phase.as_str(), &first, &priority, &(now_ms as i64), &chunk],
         )?;
+        first += chunk.len() as i64;
     }
     Ok(())
 }
@@ -805,10 +808,10 @@ impl TaskStore for PostgresStore {
                 return Ok((task_from_row(&row), false));
             }
             if task.split {
-                let input = task.inputs.first().cloned().unwrap_or_default();
-                insert_subtasks(tx, &task.id, Phase::Split, 0, task.priority, &[input], now_ms)?;
+                let input = task.inputs.get(0).unwrap_or_default().to_vec();
+                insert_subtasks(tx, &task.id, Phase::Split, 0, task.priority, [input.as_slice()], now_ms)?;
             } else {
-                insert_subtasks(tx, &task.id, Phase::Map, 0, task.priority, &task.inputs, now_ms)?;
+                insert_subtasks(tx, &task.id, Phase::Map, 0, task.priority, task.inputs.iter(), now_ms)?;
             }
             notify(tx, true, false)?;
             let status = status_in(tx, &task.id)?.ok_or_else(|| StoreError::Backend("task vanished".into()))?;
@@ -1154,7 +1157,7 @@ impl TaskStore for PostgresStore {
                 match frame::decode_frames(&output) {
                     Ok(inputs) => {
                         let priority: i32 = tx.one("SELECT priority FROM tasks WHERE id = $1", &[&task_id])?.get(0);
-                        insert_subtasks(tx, &task_id, Phase::Map, 0, priority, &inputs, now_ms)?;
+                        insert_subtasks(tx, &task_id, Phase::Map, 0, priority, inputs.iter().map(Vec::as_slice), now_ms)?;
                         tx.exec(
                             "UPDATE tasks SET phase = 'map', map_total = $2, n_queued = n_queued + $2 WHERE id = $1",
                             &[&task_id, &(inputs.len() as i64)],
@@ -1194,7 +1197,7 @@ impl TaskStore for PostgresStore {
                         .map(|r| r.get(0))
                         .collect();
                     let input = frame::encode_frames(&outputs);
-                    insert_subtasks(tx, task_id, Phase::Reduce, 0, row.get(1), &[input], now_ms)?;
+                    insert_subtasks(tx, task_id, Phase::Reduce, 0, row.get(1), [input.as_slice()], now_ms)?;
                     tx.exec("UPDATE tasks SET phase = 'reduce', n_queued = n_queued + 1 WHERE id = $1", &[task_id])?;
                     done.new_work = true;
                 } else {
@@ -1232,24 +1235,25 @@ impl TaskStore for PostgresStore {
 }
 
 impl ResultStore for PostgresStore {
-    fn task_result(&self, id: &str) -> StoreResult<Option<TaskResult>> {
+    fn result_head(&self, id: &str) -> StoreResult<Option<ResultHead>> {
         self.read(|db| {
-            let Some(row) = db.opt("SELECT state, reduce, result FROM tasks WHERE id = $1", &[&id])? else {
-                return Ok(None);
-            };
-            let state = TaskState::parse(row.get(0)).unwrap_or(TaskState::Failed);
-            let outputs = if row.get::<_, bool>(1) {
-                None
-            } else {
-                let outputs = db.query(
-                    "SELECT CASE WHEN state = 'succeeded' THEN output END FROM subtasks
-                     WHERE task_id = $1 AND phase = 'map' ORDER BY idx",
-                    &[&id],
-                )?;
-                Some(outputs.iter().map(|r| r.get::<_, Option<Vec<u8>>>(0).map(Blob)).collect())
-            };
-            let result = row.get::<_, Option<Vec<u8>>>(2).map(Blob);
-            Ok(Some(TaskResult { task_id: id.to_owned(), state, result, outputs }))
+            let row = db.opt("SELECT state, reduce, result FROM tasks WHERE id = $1", &[&id])?;
+            Ok(row.map(|row| ResultHead {
+                state: TaskState::parse(row.get(0)).unwrap_or(TaskState::Failed),
+                reduce: row.get(1),
+                result: row.get(2),
+            }))
+        })
+    }
+
+    fn map_outputs(&self, id: &str, from: u64, limit: u32) -> StoreResult<Vec<Option<Vec<u8>>>> {
+        self.read(|db| {
+            let rows = db.query(
+                "SELECT CASE WHEN state = 'succeeded' THEN output END FROM subtasks
+                 WHERE task_id = $1 AND phase = 'map' AND idx >= $2 ORDER BY idx LIMIT $3",
+                &[&id, &(from as i64), &i64::from(limit)],
+            )?;
+            Ok(rows.iter().map(|r| r.get(0)).collect())
         })
     }
 }

@@ -560,7 +560,7 @@ impl TaskStore for SqliteStore {
                 task.tenant,
             ])?;
             if task.split {
-                let input = task.inputs.first().map(Vec::as_slice).unwrap_or_default();
+                let input = task.inputs.get(0).unwrap_or_default();
                 insert_subtask(tx, &task.id, Phase::Split, 0, task.priority, input, now_ms)?;
             } else {
                 for (i, input) in task.inputs.iter().enumerate() {
@@ -929,27 +929,28 @@ impl TaskStore for SqliteStore {
 }
 
 impl ResultStore for SqliteStore {
-    fn task_result(&self, id: &str) -> StoreResult<Option<TaskResult>> {
+    fn result_head(&self, id: &str) -> StoreResult<Option<ResultHead>> {
         self.read(|conn| {
             let row: Option<(String, bool, Option<Vec<u8>>)> = conn
                 .prepare_cached("SELECT state, reduce, result FROM tasks WHERE id = ?1")?
                 .query_row(params![id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
                 .optional()?;
-            let Some((state, reduce, result)) = row else { return Ok(None) };
-            let state = TaskState::parse(&state).unwrap_or(TaskState::Failed);
-            let outputs = if reduce {
-                None
-            } else {
-                let outputs: Vec<Option<Vec<u8>>> = conn
-                    .prepare_cached(
-                        "SELECT CASE WHEN state = 'succeeded' THEN output END FROM subtasks
-                         WHERE task_id = ?1 AND phase = 'map' ORDER BY idx",
-                    )?
-                    .query_map(params![id], |r| r.get(0))?
-                    .collect::<Result<_, _>>()?;
-                Some(outputs.into_iter().map(|o| o.map(Blob)).collect())
-            };
-            Ok(Some(TaskResult { task_id: id.to_owned(), state, result: result.map(Blob), outputs }))
+            Ok(row.map(|(state, reduce, result)| ResultHead {
+                state: TaskState::parse(&state).unwrap_or(TaskState::Failed),
+                reduce,
+                result,
+            }))
+        })
+    }
+
+    fn map_outputs(&self, id: &str, from: u64, limit: u32) -> StoreResult<Vec<Option<Vec<u8>>>> {
+        self.read(|conn| {
+            conn.prepare_cached(
+                "SELECT CASE WHEN state = 'succeeded' THEN output END FROM subtasks
+                 WHERE task_id = ?1 AND phase = 'map' AND idx >= ?2 ORDER BY idx LIMIT ?3",
+            )?
+            .query_map(params![id, from as i64, limit], |r| r.get(0))?
+            .collect::<Result<_, _>>()
         })
     }
 }

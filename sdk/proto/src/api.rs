@@ -13,35 +13,155 @@ pub struct Blob(pub Vec<u8>);
 
 impl Serialize for Blob {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        match std::str::from_utf8(&self.0) {
+        BlobRef(&self.0).serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Blob {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let mut bytes = Vec::new();
+        d.deserialize_any(AppendBlob(&mut bytes))?;
+        Ok(Blob(bytes))
+    }
+}
+
+const BLOB_EXPECTED: &str = "a string or an object `{\"base64\": \"...\"}`";
+
+/// Deserializes one blob (a string, or `{"base64": "..."}`) by appending its bytes to a buffer: no
+/// intermediate value per blob, so a million inputs cost a million appends.
+struct AppendBlob<'a>(&'a mut Vec<u8>);
+
+impl<'de> serde::de::DeserializeSeed<'de> for AppendBlob<'_> {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for AppendBlob<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(BLOB_EXPECTED)
+    }
+
+    fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<(), E> {
+        self.0.extend_from_slice(text.as_bytes());
+        Ok(())
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        use base64::Engine;
+        use serde::de::Error;
+        let mut decoded = false;
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            if key != "base64" || decoded {
+                return Err(A::Error::custom(format!("expected {BLOB_EXPECTED}")));
+            }
+            let text: std::borrow::Cow<'de, str> = map.next_value()?;
+            base64::engine::general_purpose::STANDARD
+                .decode_vec(text.as_bytes(), self.0)
+                .map_err(|e| A::Error::custom(format!("invalid base64: {e}")))?;
+            decoded = true;
+        }
+        if decoded { Ok(()) } else { Err(A::Error::custom(format!("expected {BLOB_EXPECTED}"))) }
+    }
+}
+
+/// Many blobs in one buffer: how the coordinator holds a submitted task's inputs (one allocation for all
+/// of them instead of one each). Deserializes from a JSON array of blobs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Inputs {
+    data: Vec<u8>,
+    /// End offset of each input in `data`.
+    ends: Vec<usize>,
+}
+
+impl Inputs {
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// The `i`th input.
+    pub fn get(&self, i: usize) -> Option<&[u8]> {
+        let end = *self.ends.get(i)?;
+        let start = if i == 0 { 0 } else { self.ends[i - 1] };
+        Some(&self.data[start..end])
+    }
+
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = &[u8]> + '_ {
+        (0..self.len()).map(|i| self.get(i).expect("index in range"))
+    }
+
+    pub fn push(&mut self, input: &[u8]) {
+        self.data.extend_from_slice(input);
+        self.ends.push(self.data.len());
+    }
+}
+
+impl<T: AsRef<[u8]>> FromIterator<T> for Inputs {
+    fn from_iter<I: IntoIterator<Item = T>>(iter: I) -> Self {
+        let mut inputs = Inputs::default();
+        for input in iter {
+            inputs.push(input.as_ref());
+        }
+        inputs
+    }
+}
+
+impl Serialize for Inputs {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        let mut seq = s.serialize_seq(Some(self.len()))?;
+        for input in self.iter() {
+            // Borrowed: serializes exactly as a `Blob`.
+            seq.serialize_element(&BlobRef(input))?;
+        }
+        seq.end()
+    }
+}
+
+/// A borrowed blob, serialized like [`Blob`].
+struct BlobRef<'a>(&'a [u8]);
+
+impl Serialize for BlobRef<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match std::str::from_utf8(self.0) {
             Ok(text) => s.serialize_str(text),
             Err(_) => {
                 use serde::ser::SerializeMap;
                 let mut map = s.serialize_map(Some(1))?;
-                map.serialize_entry("base64", &base64::engine::general_purpose::STANDARD.encode(&self.0))?;
+                map.serialize_entry("base64", &base64::engine::general_purpose::STANDARD.encode(self.0))?;
                 map.end()
             }
         }
     }
 }
 
-impl<'de> Deserialize<'de> for Blob {
+impl<'de> Deserialize<'de> for Inputs {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Repr {
-            Text(String),
-            Base64 { base64: String },
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = Inputs;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "an array of inputs, each {BLOB_EXPECTED}")
+            }
+
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Inputs, A::Error> {
+                let mut inputs = Inputs::default();
+                while seq.next_element_seed(AppendBlob(&mut inputs.data))?.is_some() {
+                    inputs.ends.push(inputs.data.len());
+                }
+                Ok(inputs)
+            }
         }
-        match Repr::deserialize(d)
-            .map_err(|_| serde::de::Error::custom("expected a string or an object `{\"base64\": \"...\"}`"))?
-        {
-            Repr::Text(text) => Ok(Blob(text.into_bytes())),
-            Repr::Base64 { base64 } => base64::engine::general_purpose::STANDARD
-                .decode(base64.as_bytes())
-                .map(Blob)
-                .map_err(|e| serde::de::Error::custom(format!("invalid base64: {e}"))),
-        }
+        d.deserialize_seq(Visit)
     }
 }
 
@@ -93,13 +213,14 @@ pub struct LimitsSpec {
     pub log_bytes: Option<u64>,
 }
 
-/// `POST /v1/tasks`.
+/// `POST /v1/tasks`. The coordinator reads the inputs as [`Inputs`] (one buffer for all of them); clients
+/// build them as a `Vec<Blob>`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
-pub struct SubmitTask {
+pub struct SubmitTask<I = Vec<Blob>> {
     pub module_id: String,
     /// One map subtask per input; with `split`, exactly one input that the split step divides.
-    pub inputs: Vec<Blob>,
+    pub inputs: I,
     #[serde(default)]
     pub priority: i32,
     #[serde(default)]
@@ -454,6 +575,21 @@ pub struct ThroughputPoint {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn inputs_hold_text_and_base64_in_one_buffer_and_serialize_like_blobs() {
+        let json = r#"["a", {"base64": "/wD+"}, "", "h\u00e9"]"#;
+        let inputs: Inputs = serde_json::from_str(json).expect("parses");
+        assert_eq!(inputs.len(), 4);
+        let all: Vec<&[u8]> = inputs.iter().collect();
+        assert_eq!(all, [&b"a"[..], &[0xff, 0x00, 0xfe][..], &b""[..], "hé".as_bytes()]);
+        let blobs: Vec<Blob> = serde_json::from_str(json).expect("parses as blobs");
+        assert_eq!(serde_json::to_value(&inputs).expect("json"), serde_json::to_value(&blobs).expect("json"));
+        for bad in [r#"[1]"#, r#"[{"base64": "!!"}]"#, r#"[{"text": "x"}]"#, r#"[{}]"#, r#""x""#] {
+            assert!(serde_json::from_str::<Inputs>(bad).is_err(), "{bad}");
+            assert!(bad == r#""x""# || serde_json::from_str::<Vec<Blob>>(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn blob_text_and_binary_round_trip() {
