@@ -40,6 +40,25 @@ fn assert_runtime_healthy() {
     assert_eq!(out.output, b"still alive");
 }
 
+/// Runs `module` on `input` and cancels the run from another thread after 50 ms; returns how it failed and
+/// how long it took.
+fn cancelled_after_50ms(
+    module: &LoadedModule,
+    input: &[u8],
+    limits: Limits,
+) -> (RunFailure, std::time::Duration) {
+    let token = hivemind_runtime::CancelToken::new();
+    let req = RunRequest { cancel: Some(token.clone()), ..request(Phase::Map, input, limits) };
+    let started = std::time::Instant::now();
+    let canceller = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        token.cancel();
+    });
+    let err = runtime().run(module, req).expect_err("cancelled");
+    canceller.join().expect("canceller thread");
+    (err, started.elapsed())
+}
+
 fn fixture(name: &str) -> String {
     let dir = std::path::Path::new(programs::WAT_UNREACHABLE).parent().expect("fixture folder");
     dir.join(format!("{name}.wasm")).to_string_lossy().into_owned()
@@ -274,15 +293,7 @@ fn disk_cache_hit_on_second_runtime() {
 #[test]
 fn cancel_token_interrupts_run() {
     let module = load(&fixture("infinite-loop"));
-    let token = hivemind_runtime::CancelToken::new();
-    let mut req = request(Phase::Map, b"", Limits { fuel: 1 << 60, ..Limits::default() });
-    req.cancel = Some(token.clone());
-    let canceller = std::thread::spawn(move || {
-        std::thread::sleep(std::time::Duration::from_millis(50));
-        token.cancel();
-    });
-    let err = runtime().run(&module, req).expect_err("cancelled");
-    canceller.join().expect("canceller thread");
+    let (err, _) = cancelled_after_50ms(&module, b"", Limits { fuel: 1 << 60, ..Limits::default() });
     assert_eq!(err.kind, ErrorKind::Cancelled);
 }
 
@@ -329,18 +340,9 @@ fn wasi_sleep_cannot_outlive_the_timeout() {
 
 #[test]
 fn wasi_sleep_is_cancellable() {
-    let module = load(&fixture("sleep-forever"));
-    let token = hivemind_runtime::CancelToken::new();
-    let req = RunRequest { cancel: Some(token.clone()), ..request(Phase::Map, b"", Limits::default()) };
-    let started = std::time::Instant::now();
-    let canceller = std::thread::spawn(move || {
-        std::thread::sleep(std::time::Duration::from_millis(50));
-        token.cancel();
-    });
-    let err = runtime().run(&module, req).expect_err("cancelled");
-    canceller.join().expect("canceller thread");
+    let (err, took) = cancelled_after_50ms(&load(&fixture("sleep-forever")), b"", Limits::default());
     assert_eq!(err.kind, ErrorKind::Cancelled, "{err}");
-    assert!(started.elapsed() < std::time::Duration::from_secs(5), "cancelled in its sleep");
+    assert!(took < std::time::Duration::from_secs(5), "cancelled in its sleep");
 }
 
 #[test]
@@ -374,17 +376,7 @@ fn component_sleep_cannot_outlive_the_timeout() {
 
 #[test]
 fn component_sleep_is_cancellable() {
-    let module = load(programs::SLEEPY_COMPONENT);
-    let token = hivemind_runtime::CancelToken::new();
-    let req =
-        RunRequest { cancel: Some(token.clone()), ..request(Phase::Map, b"3600000", Limits::default()) };
-    let started = std::time::Instant::now();
-    let canceller = std::thread::spawn(move || {
-        std::thread::sleep(std::time::Duration::from_millis(50));
-        token.cancel();
-    });
-    let err = runtime().run(&module, req).expect_err("cancelled");
-    canceller.join().expect("canceller thread");
+    let (err, took) = cancelled_after_50ms(&load(programs::SLEEPY_COMPONENT), b"3600000", Limits::default());
     assert_eq!(err.kind, ErrorKind::Cancelled, "{err}");
-    assert!(started.elapsed() < std::time::Duration::from_secs(5), "cancelled in its sleep");
+    assert!(took < std::time::Duration::from_secs(5), "cancelled in its sleep");
 }
