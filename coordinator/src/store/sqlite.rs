@@ -525,7 +525,7 @@ impl TaskStore for SqliteStore {
                     task.module_id
                 )));
             }
-            let seq: i64 = tx.query_row("SELECT COALESCE(MAX(seq), 0) + 1 FROM tasks", [], |r| r.get(0))?;
+            let seq: i64 = tx.prepare_cached("SELECT COALESCE(MAX(seq), 0) + 1 FROM tasks")?.query_row([], |r| r.get(0))?;
             let (phase, map_total, queued) =
                 if task.split { ("split", 0, 1) } else { ("map", task.inputs.len() as i64, task.inputs.len() as i64) };
             let limits = serde_json::to_string(&task.limits).map_err(|e| StoreError::Backend(e.to_string()))?;
@@ -848,14 +848,14 @@ impl TaskStore for SqliteStore {
                 match frame::decode_frames(&output) {
                     Ok(inputs) => {
                         let priority: i32 =
-                            tx.query_row("SELECT priority FROM tasks WHERE id = ?1", params![task_id], |r| r.get(0))?;
+                            tx.prepare_cached("SELECT priority FROM tasks WHERE id = ?1")?.query_row(params![task_id], |r| r.get(0))?;
                         for (i, input) in inputs.iter().enumerate() {
                             insert_subtask(tx, &task_id, Phase::Map, i as u64, priority, input, now_ms)?;
                         }
-                        tx.execute(
+                        tx.prepare_cached(
                             "UPDATE tasks SET phase = 'map', map_total = ?2, n_queued = n_queued + ?2 WHERE id = ?1",
-                            params![task_id, inputs.len() as i64],
-                        )?;
+)?
+                            .execute(params![task_id, inputs.len() as i64])?;
                         done.new_work = true;
                     }
                     Err(e) => {
@@ -867,11 +867,11 @@ impl TaskStore for SqliteStore {
                 }
             }
             for (task_id, output) in reduce_outputs {
-                tx.execute(
+                tx.prepare_cached(
                     "UPDATE tasks SET state = 'succeeded', phase = 'done', result = ?2, finished_at = ?3
                      WHERE id = ?1 AND state = 'running'",
-                    params![task_id, output, now_ms as i64],
-                )?;
+)?
+                    .execute(params![task_id, output, now_ms as i64])?;
                 done.finished_tasks.push(task_id);
             }
             // Tasks whose map step just finished: start reduce, or succeed.
@@ -890,18 +890,18 @@ impl TaskStore for SqliteStore {
                         .query_map(params![task_id], |r| r.get(0))?
                         .collect::<Result<_, _>>()?;
                     let priority: i32 =
-                        tx.query_row("SELECT priority FROM tasks WHERE id = ?1", params![task_id], |r| r.get(0))?;
+                        tx.prepare_cached("SELECT priority FROM tasks WHERE id = ?1")?.query_row(params![task_id], |r| r.get(0))?;
                     insert_subtask(tx, task_id, Phase::Reduce, 0, priority, &frame::encode_frames(&outputs), now_ms)?;
-                    tx.execute(
+                    tx.prepare_cached(
                         "UPDATE tasks SET phase = 'reduce', n_queued = n_queued + 1 WHERE id = ?1",
-                        params![task_id],
-                    )?;
+)?
+                        .execute(params![task_id])?;
                     done.new_work = true;
                 } else {
-                    tx.execute(
+                    tx.prepare_cached(
                         "UPDATE tasks SET state = 'succeeded', phase = 'done', finished_at = ?2 WHERE id = ?1",
-                        params![task_id, now_ms as i64],
-                    )?;
+)?
+                        .execute(params![task_id, now_ms as i64])?;
                     done.finished_tasks.push(task_id.clone());
                 }
             }
