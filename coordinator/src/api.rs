@@ -570,26 +570,26 @@ async fn task_result(
     validate_id(&id, "invalid_task_id")?;
     reject_unknown_query(&query, &["wait_ms"])?;
     let wait = Duration::from_millis(query_u64(&query, "wait_ms", 0)?).min(state.config.max_wait);
-    if !wait.is_zero() {
-        wait_finished(&state, &caller, &id, wait).await?;
-    }
-    // Status, result head and the first page of map outputs in one read.
-    let (status, head, first) = read(&state, {
+    let waited = if wait.is_zero() { None } else { Some(wait_finished(&state, &caller, &id, wait).await?) };
+    // The status (unless the wait just read it), then the reduce result or the first page of map outputs,
+    // in one read.
+    let (status, reduce_result, first) = read(&state, {
         let id = id.clone();
         move |c| {
-            let status = c.store.task_status(&id)?;
-            let head = c.store.result_head(&id)?;
-            let finished = status.as_ref().is_some_and(|s| s.state.is_finished());
-            let first = match &head {
-                Some(head) if finished && !head.reduce => c.store.map_outputs(&id, 0, OUTPUT_PAGE)?,
-                _ => Vec::new(),
+            let Some(status) = waited.map_or_else(|| c.store.task_status(&id), |s| Ok(Some(s)))? else {
+                return Ok((None, None, Vec::new()));
             };
-            Ok((status, head, first))
+            let served = matches!(status.state, TaskState::Succeeded | TaskState::Cancelled);
+            let (result, first) = match (served, status.reduce) {
+                (false, _) => (None, Vec::new()),
+                (true, true) => (c.store.reduce_result(&id)?, Vec::new()),
+                (true, false) => (None, c.store.map_outputs(&id, 0, OUTPUT_PAGE)?),
+            };
+            Ok((Some(status), result, first))
         }
     })
     .await?;
     let status = visible(&caller, &id, status)?;
-    let Some(head) = head else { return Err(task_not_found(&id)) };
     match status.state {
         TaskState::Succeeded | TaskState::Cancelled => {}
         TaskState::Failed => {
@@ -607,20 +607,17 @@ async fn task_result(
             ));
         }
     }
-    if head.reduce {
-        let result =
-            TaskResult { task_id: id, state: head.state, result: head.result.map(Blob), outputs: None };
+    let (task_id, state_now) = (id, status.state);
+    if status.reduce {
+        let result = TaskResult { task_id, state: state_now, result: reduce_result.map(Blob), outputs: None };
         return Ok(json(StatusCode::OK, &result));
     }
     if first.len() < OUTPUT_PAGE as usize {
         // One page: answer at once.
         let outputs = Some(first.into_iter().map(|o| o.map(Blob)).collect());
-        return Ok(json(
-            StatusCode::OK,
-            &TaskResult { task_id: id, state: head.state, result: None, outputs },
-        ));
+        return Ok(json(StatusCode::OK, &TaskResult { task_id, state: state_now, result: None, outputs }));
     }
-    Ok(stream_outputs(state, id, head.state, first))
+    Ok(stream_outputs(state, task_id, state_now, first))
 }
 
 /// The JSON of a map task's result (`TaskResult` with `outputs`), written page by page as the store reads

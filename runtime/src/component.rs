@@ -5,7 +5,7 @@ use crate::CancelToken;
 use crate::engine::Inner;
 use crate::error::RunFailure;
 use crate::pipe::CappedPipe;
-use crate::sandbox::{self, Ended, GuestError, Interrupted, MemoryLimiter, RunOutput, RunRequest};
+use crate::sandbox::{self, Ended, GuestError, Interrupted, MemoryLimiter, RunOutput, RunRequest, SleepStep};
 use hivemind_proto::{Phase, frame};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -46,7 +46,7 @@ fn monotonic_now() -> u64 {
 /// pollable also becomes ready at the run's timeout or cancellation; the run is then reported as
 /// `timeout` or `cancelled` (see [`run`]).
 struct GuardedSleep {
-    until: Option<Instant>,
+    until: Instant,
     deadline: Instant,
     cancel: Option<CancelToken>,
 }
@@ -54,23 +54,19 @@ struct GuardedSleep {
 #[async_trait::async_trait]
 impl Pollable for GuardedSleep {
     async fn ready(&mut self) {
-        loop {
-            if self.cancel.as_ref().is_some_and(CancelToken::is_cancelled) {
-                return;
-            }
-            let end = self.until.map_or(self.deadline, |until| until.min(self.deadline));
-            let now = Instant::now();
-            if now >= end {
-                return;
-            }
-            tokio::time::sleep((end - now).min(sandbox::SLEEP_SLICE)).await;
+        // Ready when the sleep is over or interrupted; `run` reports the interruption.
+        while let SleepStep::Sleep(slice) =
+            sandbox::sleep_step(self.until, self.deadline, self.cancel.as_ref())
+        {
+            tokio::time::sleep(slice).await;
         }
     }
 }
 
 fn guarded_sleep(state: &mut ComponentState, duration: Duration) -> wasmtime::Result<Resource<DynPollable>> {
     let sleep = GuardedSleep {
-        until: Instant::now().checked_add(duration),
+        // A sleep too long to represent lasts until the deadline.
+        until: Instant::now().checked_add(duration).unwrap_or(state.deadline),
         deadline: state.deadline,
         cancel: state.cancel.clone(),
     };

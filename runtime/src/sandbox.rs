@@ -136,9 +136,34 @@ pub(crate) struct CoreState {
 const ERRNO_FAULT: i32 = 21;
 const ERRNO_INVAL: i32 = 28;
 
-/// Longest single sleep inside `poll_oneoff`: how quickly a sleeping guest notices its timeout or a
+/// Longest single sleep of a guest's WASI sleep: how quickly a sleeping guest notices its timeout or a
 /// cancellation.
-pub(crate) const SLEEP_SLICE: std::time::Duration = std::time::Duration::from_millis(2);
+const SLEEP_SLICE: std::time::Duration = std::time::Duration::from_millis(2);
+
+/// What a guest's WASI sleep until `until` does next, in a run with `deadline` and `cancel`: both ways a
+/// guest sleeps (a command's `poll_oneoff`, a component's clock pollable) take their turns from here.
+pub(crate) enum SleepStep {
+    /// The sleep is over.
+    Woke,
+    /// The run must stop.
+    Interrupted(Interrupted),
+    /// Sleep this long, then ask again.
+    Sleep(std::time::Duration),
+}
+
+pub(crate) fn sleep_step(until: Instant, deadline: Instant, cancel: Option<&CancelToken>) -> SleepStep {
+    if cancel.is_some_and(CancelToken::is_cancelled) {
+        return SleepStep::Interrupted(Interrupted::Cancelled);
+    }
+    let now = Instant::now();
+    if now >= until {
+        return SleepStep::Woke;
+    }
+    if now >= deadline {
+        return SleepStep::Interrupted(Interrupted::Timeout);
+    }
+    SleepStep::Sleep(SLEEP_SLICE.min(until - now).min(deadline - now))
+}
 
 /// Replaces WASI's `poll_oneoff` for command modules, which would otherwise block the worker's thread in a
 /// host sleep that epoch interruption cannot reach, so a guest could outlive its timeout and ignore
@@ -197,20 +222,17 @@ pub(crate) fn add_guarded_poll_oneoff(linker: &mut wasmtime::Linker<CoreState>) 
                 return Ok(ERRNO_INVAL);
             }
             let shortest = subscriptions.iter().map(|(_, _, ns)| *ns).min().unwrap_or(0);
-            let until = Instant::now() + std::time::Duration::from_nanos(shortest);
+            // A sleep too long to represent lasts until the deadline.
+            let until = Instant::now()
+                .checked_add(std::time::Duration::from_nanos(shortest))
+                .unwrap_or(caller.data().deadline);
             loop {
                 let state = caller.data();
-                if state.cancel.as_ref().is_some_and(CancelToken::is_cancelled) {
-                    return Err(wasmtime::Error::new(Interrupted::Cancelled));
+                match sleep_step(until, state.deadline, state.cancel.as_ref()) {
+                    SleepStep::Woke => break,
+                    SleepStep::Interrupted(why) => return Err(wasmtime::Error::new(why)),
+                    SleepStep::Sleep(slice) => std::thread::sleep(slice),
                 }
-                let now = Instant::now();
-                if now >= until {
-                    break;
-                }
-                if now >= state.deadline {
-                    return Err(wasmtime::Error::new(Interrupted::Timeout));
-                }
-                std::thread::sleep(SLEEP_SLICE.min(until - now).min(state.deadline - now));
             }
             let mut out = Vec::with_capacity(n * 32);
             let mut ready = 0u32;

@@ -259,7 +259,7 @@ pub fn map_results_in_input_order_with_usage_totals(store: &dyn Store) {
     let s = status(store, "t");
     assert_eq!((s.state, s.subtasks.succeeded, s.finished_at_ms), (TaskState::Succeeded, 5, Some(31)));
     assert_eq!(s.usage, Usage { fuel_consumed: 50, peak_memory_bytes: 65536, wall_time_us: 35 });
-    let result = store.task_result("t").expect("result").expect("task");
+    let result = crate::store::task_result(store, "t").expect("result").expect("task");
     let outputs: Vec<Vec<u8>> =
         result.outputs.expect("map outputs").into_iter().map(|o| o.expect("output").0).collect();
     let expected: Vec<Vec<u8>> = (0..5).map(|i| format!("T-{i}").into_bytes()).collect();
@@ -294,7 +294,7 @@ pub fn split_map_reduce_transitions(store: &dyn Store) {
         .complete("w", vec![output(reduce.subtasks[0].subtask_id, 1, b"ABC")], RetryPolicy::default(), 5)
         .expect("complete reduce");
     assert_eq!(done.finished_tasks, vec!["t".to_string()]);
-    let result = store.task_result("t").expect("result").expect("task");
+    let result = crate::store::task_result(store, "t").expect("result").expect("task");
     assert_eq!(
         (result.state, result.result, result.outputs),
         (TaskState::Succeeded, Some(Blob(b"ABC".to_vec())), None)
@@ -367,7 +367,8 @@ pub fn cancel_keeps_results_and_notifies_the_worker(store: &dyn Store) {
     let reply = store.heartbeat("w", 1, None, 3).expect("heartbeat");
     assert_eq!(reply.cancel, vec![leased.subtasks[1].subtask_id], "the running subtask is interrupted");
     assert!(store.heartbeat("w", 0, None, 4).expect("heartbeat").cancel.is_empty(), "told once");
-    let outputs = store.task_result("t").expect("result").expect("task").outputs.expect("outputs");
+    let outputs =
+        crate::store::task_result(store, "t").expect("result").expect("task").outputs.expect("outputs");
     assert_eq!(outputs[0], Some(Blob(b"T-0".to_vec())));
     assert!(outputs[1..].iter().all(Option::is_none));
     assert!(store.cancel("missing", 5).expect("cancel").is_none());
@@ -421,7 +422,7 @@ pub fn unknown_module_and_worker_are_refused(store: &dyn Store) {
     assert!(matches!(store.lease("ghost", 1, None, &[], 0), Err(StoreError::UnknownWorker(_))));
     let done = store.complete("ghost", vec![ok(1, 1)], RetryPolicy::default(), 0).expect("complete");
     assert_eq!(done.reply.refused, vec![1]);
-    assert!(store.task_result("t").expect("result").is_none());
+    assert!(crate::store::task_result(store, "t").expect("result").is_none());
     assert!(
         store.list_subtasks("t", &SubtaskFilter { limit: 1, ..Default::default() }).expect("list").is_none()
     );

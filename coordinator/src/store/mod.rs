@@ -13,8 +13,8 @@ pub mod sqlite;
 
 use hivemind_proto::Phase;
 use hivemind_proto::api::{
-    AttemptInfo, CompleteReply, Completion, HeartbeatReply, Lease, ModuleInfo, RegisterWorker, Resources,
-    SubtaskInfo, TaskResult, TaskState, TaskStatus, WorkerInfo,
+    AttemptInfo, Blob, CompleteReply, Completion, HeartbeatReply, Lease, ModuleInfo, RegisterWorker,
+    Resources, SubtaskInfo, TaskResult, TaskState, TaskStatus, WorkerInfo,
 };
 use hivemind_proto::{ErrorKind, Limits};
 use std::collections::BTreeMap;
@@ -214,49 +214,38 @@ pub trait TaskStore: Send + Sync {
     fn expire_deadlines(&self, now_ms: u64) -> StoreResult<Vec<String>>;
 }
 
-/// Results of finished tasks.
+/// Results of finished tasks. A task's state and whether it has a reduce step come with its status
+/// ([`TaskStore::task_status`]); [`task_result`] puts the pieces together.
 pub trait ResultStore: Send + Sync {
-    /// A task's state, whether it has a reduce step, and its reduce result; `None` when no such task.
-    fn result_head(&self, id: &str) -> StoreResult<Option<ResultHead>>;
+    /// The output of the task's reduce step; `None` when it has none (yet) or the task does not exist.
+    fn reduce_result(&self, id: &str) -> StoreResult<Option<Vec<u8>>>;
     /// The outputs of the task's map subtasks with index `from..from + limit`, in index order (`None` for a
     /// subtask without an output).
     fn map_outputs(&self, id: &str, from: u64, limit: u32) -> StoreResult<Vec<Option<Vec<u8>>>>;
-
-    /// The whole result, map outputs and all, in memory (the API streams big ones page by page instead).
-    fn task_result(&self, id: &str) -> StoreResult<Option<TaskResult>> {
-        let Some(head) = self.result_head(id)? else { return Ok(None) };
-        let outputs = if head.reduce {
-            None
-        } else {
-            let mut outputs = Vec::new();
-            loop {
-                let page = self.map_outputs(id, outputs.len() as u64, OUTPUT_PAGE)?;
-                let last = page.len() < OUTPUT_PAGE as usize;
-                outputs.extend(page.into_iter().map(|o| o.map(hivemind_proto::api::Blob)));
-                if last {
-                    break;
-                }
-            }
-            Some(outputs)
-        };
-        Ok(Some(TaskResult {
-            task_id: id.to_owned(),
-            state: head.state,
-            result: head.result.map(hivemind_proto::api::Blob),
-            outputs,
-        }))
-    }
 }
 
 /// Map outputs read at once when a result is streamed or assembled.
 pub const OUTPUT_PAGE: u32 = 10_000;
 
-/// What [`ResultStore::result_head`] returns.
-#[derive(Debug, Clone)]
-pub struct ResultHead {
-    pub state: TaskState,
-    pub reduce: bool,
-    pub result: Option<Vec<u8>>,
+/// A task's whole result, map outputs and all, in memory (the API streams big ones page by page instead);
+/// `None` when the task does not exist.
+pub fn task_result(store: &dyn Store, id: &str) -> StoreResult<Option<TaskResult>> {
+    let Some(status) = store.task_status(id)? else { return Ok(None) };
+    let (result, outputs) = if status.reduce {
+        (store.reduce_result(id)?.map(Blob), None)
+    } else {
+        let mut outputs = Vec::new();
+        loop {
+            let page = store.map_outputs(id, outputs.len() as u64, OUTPUT_PAGE)?;
+            let last = page.len() < OUTPUT_PAGE as usize;
+            outputs.extend(page.into_iter().map(|o| o.map(Blob)));
+            if last {
+                break;
+            }
+        }
+        (None, Some(outputs))
+    };
+    Ok(Some(TaskResult { task_id: id.to_owned(), state: status.state, result, outputs }))
 }
 
 /// Workers: registration, liveness, failure detection.

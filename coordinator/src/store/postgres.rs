@@ -808,8 +808,8 @@ impl TaskStore for PostgresStore {
                 return Ok((task_from_row(&row), false));
             }
             if task.split {
-                let input = task.inputs.get(0).unwrap_or_default().to_vec();
-                insert_subtasks(tx, &task.id, Phase::Split, 0, task.priority, [input.as_slice()], now_ms)?;
+                let input = task.inputs.get(0).unwrap_or_default();
+                insert_subtasks(tx, &task.id, Phase::Split, 0, task.priority, [input], now_ms)?;
             } else {
                 insert_subtasks(tx, &task.id, Phase::Map, 0, task.priority, task.inputs.iter(), now_ms)?;
             }
@@ -1235,14 +1235,9 @@ impl TaskStore for PostgresStore {
 }
 
 impl ResultStore for PostgresStore {
-    fn result_head(&self, id: &str) -> StoreResult<Option<ResultHead>> {
+    fn reduce_result(&self, id: &str) -> StoreResult<Option<Vec<u8>>> {
         self.read(|db| {
-            let row = db.opt("SELECT state, reduce, result FROM tasks WHERE id = $1", &[&id])?;
-            Ok(row.map(|row| ResultHead {
-                state: TaskState::parse(row.get(0)).unwrap_or(TaskState::Failed),
-                reduce: row.get(1),
-                result: row.get(2),
-            }))
+            Ok(db.opt("SELECT result FROM tasks WHERE id = $1", &[&id])?.and_then(|row| row.get(0)))
         })
     }
 

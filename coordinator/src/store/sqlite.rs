@@ -525,7 +525,8 @@ impl TaskStore for SqliteStore {
                     task.module_id
                 )));
             }
-            let seq: i64 = tx.prepare_cached("SELECT COALESCE(MAX(seq), 0) + 1 FROM tasks")?.query_row([], |r| r.get(0))?;
+            let seq: i64 =
+                tx.prepare_cached("SELECT COALESCE(MAX(seq), 0) + 1 FROM tasks")?.query_row([], |r| r.get(0))?;
             let (phase, map_total, queued) =
                 if task.split { ("split", 0, 1) } else { ("map", task.inputs.len() as i64, task.inputs.len() as i64) };
             let limits = serde_json::to_string(&task.limits).map_err(|e| StoreError::Backend(e.to_string()))?;
@@ -847,15 +848,16 @@ impl TaskStore for SqliteStore {
             for (task_id, output) in split_outputs {
                 match frame::decode_frames(&output) {
                     Ok(inputs) => {
-                        let priority: i32 =
-                            tx.prepare_cached("SELECT priority FROM tasks WHERE id = ?1")?.query_row(params![task_id], |r| r.get(0))?;
+                        let priority: i32 = tx
+                            .prepare_cached("SELECT priority FROM tasks WHERE id = ?1")?
+                            .query_row(params![task_id], |r| r.get(0))?;
                         for (i, input) in inputs.iter().enumerate() {
                             insert_subtask(tx, &task_id, Phase::Map, i as u64, priority, input, now_ms)?;
                         }
                         tx.prepare_cached(
                             "UPDATE tasks SET phase = 'map', map_total = ?2, n_queued = n_queued + ?2 WHERE id = ?1",
-)?
-                            .execute(params![task_id, inputs.len() as i64])?;
+                        )?
+                        .execute(params![task_id, inputs.len() as i64])?;
                         done.new_work = true;
                     }
                     Err(e) => {
@@ -870,8 +872,8 @@ impl TaskStore for SqliteStore {
                 tx.prepare_cached(
                     "UPDATE tasks SET state = 'succeeded', phase = 'done', result = ?2, finished_at = ?3
                      WHERE id = ?1 AND state = 'running'",
-)?
-                    .execute(params![task_id, output, now_ms as i64])?;
+                )?
+                .execute(params![task_id, output, now_ms as i64])?;
                 done.finished_tasks.push(task_id);
             }
             // Tasks whose map step just finished: start reduce, or succeed.
@@ -889,19 +891,20 @@ impl TaskStore for SqliteStore {
                         .prepare_cached("SELECT output FROM subtasks WHERE task_id = ?1 AND phase = 'map' ORDER BY idx")?
                         .query_map(params![task_id], |r| r.get(0))?
                         .collect::<Result<_, _>>()?;
-                    let priority: i32 =
-                        tx.prepare_cached("SELECT priority FROM tasks WHERE id = ?1")?.query_row(params![task_id], |r| r.get(0))?;
+                    let priority: i32 = tx
+                        .prepare_cached("SELECT priority FROM tasks WHERE id = ?1")?
+                        .query_row(params![task_id], |r| r.get(0))?;
                     insert_subtask(tx, task_id, Phase::Reduce, 0, priority, &frame::encode_frames(&outputs), now_ms)?;
                     tx.prepare_cached(
                         "UPDATE tasks SET phase = 'reduce', n_queued = n_queued + 1 WHERE id = ?1",
-)?
-                        .execute(params![task_id])?;
+                    )?
+                    .execute(params![task_id])?;
                     done.new_work = true;
                 } else {
                     tx.prepare_cached(
                         "UPDATE tasks SET state = 'succeeded', phase = 'done', finished_at = ?2 WHERE id = ?1",
-)?
-                        .execute(params![task_id, now_ms as i64])?;
+                    )?
+                    .execute(params![task_id, now_ms as i64])?;
                     done.finished_tasks.push(task_id.clone());
                 }
             }
@@ -929,17 +932,13 @@ impl TaskStore for SqliteStore {
 }
 
 impl ResultStore for SqliteStore {
-    fn result_head(&self, id: &str) -> StoreResult<Option<ResultHead>> {
+    fn reduce_result(&self, id: &str) -> StoreResult<Option<Vec<u8>>> {
         self.read(|conn| {
-            let row: Option<(String, bool, Option<Vec<u8>>)> = conn
-                .prepare_cached("SELECT state, reduce, result FROM tasks WHERE id = ?1")?
-                .query_row(params![id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            let result = conn
+                .prepare_cached("SELECT result FROM tasks WHERE id = ?1")?
+                .query_row(params![id], |r| r.get(0))
                 .optional()?;
-            Ok(row.map(|(state, reduce, result)| ResultHead {
-                state: TaskState::parse(&state).unwrap_or(TaskState::Failed),
-                reduce,
-                result,
-            }))
+            Ok(result.flatten())
         })
     }
 
