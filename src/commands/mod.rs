@@ -71,6 +71,9 @@ pub enum Command {
 
 impl Cli {
     pub fn execute(self) -> anyhow::Result<ExitCode> {
+        if self.command.prints_for_a_pipe() {
+            restore_sigpipe();
+        }
         match self.command {
             Command::Run(cmd) => cmd.execute(&self.global),
             Command::Coordinator(cmd) => async_main(cmd.execute(&self.global)),
@@ -80,6 +83,27 @@ impl Cli {
             Command::Demo(cmd) => async_main(cmd.execute(&self.global)),
             Command::Bench(cmd) => cmd.execute(&self.global),
         }
+    }
+}
+
+impl Command {
+    /// Commands that print a result and end, whose output may go into `head` or `grep -q`; the long-running
+    /// services (coordinator, worker, demo, bench) are not.
+    fn prints_for_a_pipe(&self) -> bool {
+        match self {
+            Command::Run(_) | Command::Module(_) | Command::Task(_) => true,
+            Command::Worker(cmd) => cmd.list.is_some(),
+            Command::Coordinator(_) | Command::Demo(_) | Command::Bench(_) => false,
+        }
+    }
+}
+
+/// Lets a closed stdout end the process quietly, as it does other command-line tools (`hivemind task list |
+/// head`), instead of a panic in `println!`: Rust ignores SIGPIPE by default.
+fn restore_sigpipe() {
+    // SAFETY: resetting a signal's disposition to its default before any other thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
 

@@ -258,3 +258,22 @@ fn runtime_starts_with_little_address_space() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(String::from_utf8_lossy(&out.stdout), "hello\n");
 }
+
+#[test]
+fn output_into_a_closed_pipe_ends_quietly() {
+    // 1 MiB of output into `head -c 1`: far more than a pipe holds, so the writes meet a closed pipe.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let input = dir.path().join("big.txt");
+    std::fs::write(&input, vec![b'x'; 1 << 20]).expect("write input");
+    let script = format!(
+        "'{BIN}' run '{}' --input '{}' | head -c 1 >/dev/null",
+        hivemind_guest_programs::ECHO,
+        input.display()
+    );
+    let out =
+        std::process::Command::new("bash").args(["-o", "pipefail", "-c", &script]).output().expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    // Killed by SIGPIPE, as `cat` would be: bash reports 128 + 13.
+    assert_eq!(out.status.code(), Some(141), "{stderr}");
+}
