@@ -13,9 +13,9 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use hivemind_proto::api::{
-    Blob, ClusterSummary, CompleteBatch, Heartbeat, Inputs, LeaseRequest, ModuleInfo, QueueLevel,
-    RegisterWorker, Registered, SubmitTask, SubtaskList, TaskList, TaskResult, TaskState, TaskStatus,
-    WorkerInfo, WorkerList,
+    Blob, ClusterSummary, CompleteBatch, Heartbeat, Inputs, Lease, LeaseRequest, ModuleInfo, Outcome,
+    QueueLevel, RegisterWorker, Registered, SubmitTask, SubtaskList, TaskList, TaskResult, TaskState,
+    TaskStatus, WorkerInfo, WorkerList,
 };
 use hivemind_proto::units::format_size;
 use hivemind_proto::{Limits, Phase};
@@ -97,48 +97,147 @@ async fn read<T: Send + 'static>(
     if state.store.inline_reads() { f(state).map_err(ApiError::from) } else { blocking(state, f).await }
 }
 
+/// Runs a short store write: inline when the store allows it and no long write is under way
+/// ([`Coordinator::inline_write`]), which saves the hand-off of this thread's tokio core to another thread
+/// that [`offload`] costs on every call; else like [`blocking`].
+async fn quick<T: Send + 'static>(
+    state: &AppState,
+    f: impl FnOnce(&Coordinator) -> Result<T, StoreError> + Send + 'static,
+) -> ApiResult<T> {
+    if state.inline_write() { f(state).map_err(ApiError::from) } else { blocking(state, f).await }
+}
+
 /// Runs a store call that may block (a write waits for the writer; a network database waits for its
-/// answer). On a multi-threaded runtime it runs on this thread, which tokio gives up as a worker meanwhile
-/// (`block_in_place`): no hand-off to the blocking pool and back, two thread wake-ups fewer on the path of
-/// every request. On a current-thread runtime it goes to the blocking pool.
+/// answer), with [`offload`].
 async fn blocking<T: Send + 'static>(
     state: &AppState,
     f: impl FnOnce(&Coordinator) -> Result<T, StoreError> + Send + 'static,
 ) -> ApiResult<T> {
     let state = state.clone();
+    offload(move || f(&state)).await?.map_err(ApiError::from)
+}
+
+/// Runs blocking work. On a multi-threaded runtime it runs on this thread, which tokio gives up as a
+/// worker meanwhile (`block_in_place`): no hand-off to the blocking pool and back, two thread wake-ups
+/// fewer on the path of every request. On a current-thread runtime it goes to the blocking pool.
+async fn offload<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> ApiResult<T> {
     if tokio::runtime::Handle::current().runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread {
-        return tokio::task::block_in_place(move || f(&state)).map_err(ApiError::from);
+        return Ok(tokio::task::block_in_place(f));
     }
-    tokio::task::spawn_blocking(move || f(&state))
+    tokio::task::spawn_blocking(f)
         .await
-        .map_err(|e| ApiError::internal(format!("store call panicked: {e}")))?
-        .map_err(ApiError::from)
+        .map_err(|e| ApiError::internal(format!("blocking call panicked: {e}")))
+}
+
+/// A request body as received: in memory, or in an anonymous temporary file once it grew past the
+/// threshold given to [`receive_body`].
+enum Received {
+    Memory(Vec<u8>),
+    File(std::fs::File),
 }
 
 /// Reads a body of at most `limit` bytes, within `timeout` (a stalled client cannot hold the request).
 async fn read_body(body: Body, limit: usize, timeout: Duration, what: &str) -> ApiResult<Bytes> {
-    let read = tokio::time::timeout(timeout, axum::body::to_bytes(body, limit)).await.map_err(|_| {
+    match receive_body(body, limit, usize::MAX, timeout, what).await? {
+        Received::Memory(bytes) => Ok(bytes.into()),
+        // Nothing is spooled above `usize::MAX` bytes.
+        Received::File(_) => Err(ApiError::internal(format!("{what} was spooled to a file"))),
+    }
+}
+
+/// Reads a body of at most `limit` bytes within `timeout`, keeping it in memory up to `spool_above` bytes
+/// and moving it to a temporary file (in `$TMPDIR`) beyond that.
+async fn receive_body(
+    body: Body,
+    limit: usize,
+    spool_above: usize,
+    timeout: Duration,
+    what: &str,
+) -> ApiResult<Received> {
+    use futures::StreamExt;
+    use std::io::{Seek, Write};
+    let spool_failed = |e: std::io::Error| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "spool_failed",
+            format!("cannot hold {what} in a temporary file: {e}"),
+        )
+    };
+    let hint = axum::body::HttpBody::size_hint(&body).lower() as usize;
+    let receive = async {
+        let mut stream = body.into_data_stream();
+        let mut memory = Vec::with_capacity(hint.min(limit).min(spool_above));
+        let mut file: Option<std::fs::File> = None;
+        let mut total = 0usize;
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| {
+                ApiError::bad_request("bad_body", format!("cannot read the request body: {e}"))
+            })?;
+            total += chunk.len();
+            if total > limit {
+                return Err(ApiError::too_large(
+                    "body_too_large",
+                    format!("{what} exceeds the limit of {limit} bytes"),
+                ));
+            }
+            match &mut file {
+                Some(file) => file.write_all(&chunk).map_err(spool_failed)?,
+                None if total > spool_above => {
+                    let mut spool = tempfile::tempfile().map_err(spool_failed)?;
+                    spool.write_all(&memory).and_then(|()| spool.write_all(&chunk)).map_err(spool_failed)?;
+                    memory = Vec::new();
+                    file = Some(spool);
+                }
+                None => memory.extend_from_slice(&chunk),
+            }
+        }
+        match file {
+            Some(mut file) => {
+                file.rewind().map_err(spool_failed)?;
+                Ok(Received::File(file))
+            }
+            None => Ok(Received::Memory(memory)),
+        }
+    };
+    tokio::time::timeout(timeout, receive).await.map_err(|_| {
         ApiError::new(
             StatusCode::REQUEST_TIMEOUT,
             "body_timeout",
             format!("{what} did not arrive within {} s", timeout.as_secs_f64()),
         )
-    })?;
-    read.map_err(|e| {
-        if std::error::Error::source(&e).is_some_and(|s| s.to_string().contains("length limit")) {
-            ApiError::too_large("body_too_large", format!("{what} exceeds the limit of {limit} bytes"))
-        } else {
-            ApiError::bad_request("bad_body", format!("cannot read the request body: {e}"))
-        }
-    })
+    })?
+}
+
+fn invalid_json(e: serde_json::Error) -> ApiError {
+    ApiError::bad_request("invalid_json", format!("invalid JSON body: {e}"))
 }
 
 async fn json_body<T: DeserializeOwned>(state: &AppState, body: Body) -> ApiResult<T> {
     let bytes =
         read_body(body, state.config.caps.max_body_bytes, state.config.caps.body_timeout, "the request body")
             .await?;
-    serde_json::from_slice(&bytes)
-        .map_err(|e| ApiError::bad_request("invalid_json", format!("invalid JSON body: {e}")))
+    serde_json::from_slice(&bytes).map_err(invalid_json)
+}
+
+/// Submit bodies larger than this are received into a temporary file and parsed from there, their inputs
+/// moving on to a file of their own ([`Inputs`]): a million-input task does not sit in memory.
+const SUBMIT_SPOOL_BYTES: usize = 1 << 20;
+
+/// The body of `POST /v1/tasks`.
+async fn submit_body(state: &AppState, body: Body) -> ApiResult<SubmitTask<Inputs>> {
+    let caps = &state.config.caps;
+    match receive_body(body, caps.max_body_bytes, SUBMIT_SPOOL_BYTES, caps.body_timeout, "the request body")
+        .await?
+    {
+        Received::Memory(bytes) => serde_json::from_slice(&bytes).map_err(invalid_json),
+        Received::File(file) => {
+            offload(move || {
+                serde_json::from_reader(std::io::BufReader::with_capacity(1 << 16, file))
+                    .map_err(invalid_json)
+            })
+            .await?
+        }
+    }
 }
 
 fn json<T: Serialize>(status: StatusCode, value: &T) -> Response {
@@ -334,10 +433,10 @@ fn validate_submit(state: &Coordinator, req: SubmitTask<Inputs>) -> ApiResult<Ne
             format!("{} inputs exceed the limit of {}", req.inputs.len(), caps.max_inputs),
         ));
     }
-    if let Some((i, input)) = req.inputs.iter().enumerate().find(|(_, b)| b.len() > caps.max_input_bytes) {
+    if let Some((i, len)) = req.inputs.longest().filter(|(_, len)| *len > caps.max_input_bytes) {
         return Err(ApiError::too_large(
             "input_too_large",
-            format!("input {i} has {} bytes, over the limit of {}", input.len(), caps.max_input_bytes),
+            format!("input {i} has {len} bytes, over the limit of {}", caps.max_input_bytes),
         ));
     }
     let (lo, hi) = caps.priority_range;
@@ -442,8 +541,11 @@ fn visible(caller: &CallerExt, id: &str, status: Option<TaskStatus>) -> ApiResul
     }
 }
 
+/// Submits with more inputs than this are long writes (see [`quick`]).
+const QUICK_SUBMIT_INPUTS: usize = 1000;
+
 async fn submit_task(State(state): State<AppState>, caller: CallerExt, body: Body) -> ApiResult<Response> {
-    let req: SubmitTask<Inputs> = json_body(&state, body).await?;
+    let req = submit_body(&state, body).await?;
     let mut task = validate_submit(&state, req)?;
     task.tenant = tenant_of(&caller);
     if let (Some(tenant), Some(key)) = (&task.tenant, &task.idempotency_key) {
@@ -451,7 +553,8 @@ async fn submit_task(State(state): State<AppState>, caller: CallerExt, body: Bod
         task.idempotency_key = Some(format!("{tenant}\u{1f}{key}"));
     }
     // The store checks that the module exists in the same transaction; its only NotFound is the module.
-    let (status, created) = blocking(&state, move |c| {
+    let long = (task.inputs.len() > QUICK_SUBMIT_INPUTS).then(|| state.long_write());
+    let submit = move |c: &Coordinator| {
         if let Err(refused) = check_placeable(&task, &c.store.list_workers()?) {
             return Ok(Err(refused));
         }
@@ -461,9 +564,10 @@ async fn submit_task(State(state): State<AppState>, caller: CallerExt, body: Bod
             c.work_available();
         }
         Ok(Ok((status, created)))
-    })
-    .await
-    .map_err(|e| {
+    };
+    let submitted = if long.is_some() { blocking(&state, submit).await } else { quick(&state, submit).await };
+    drop(long);
+    let (status, created) = submitted.map_err(|e| {
         if e.status == StatusCode::NOT_FOUND { ApiError::not_found("module_not_found", e.message) } else { e }
     })??;
     Ok(json(if created { StatusCode::CREATED } else { StatusCode::OK }, &status))
@@ -693,12 +797,15 @@ async fn cancel_task(
     if tenant_of(&caller).is_some() {
         authorized(&state, &caller, &id).await?;
     }
+    // Cancelling a big task touches each of its queued subtasks.
+    let long = state.long_write();
     let status = blocking(&state, {
         let id = id.clone();
         move |c| c.store.cancel(&id, now_ms())
     })
-    .await?
-    .ok_or_else(|| task_not_found(&id))?;
+    .await;
+    drop(long);
+    let status = status?.ok_or_else(|| task_not_found(&id))?;
     state.tasks_finished(1);
     Ok(json(StatusCode::OK, &status))
 }
@@ -822,8 +929,7 @@ async fn heartbeat(State(state): State<AppState>, Path(id): Path<String>, body: 
     let req: Heartbeat = json_body(&state, body).await?;
     state.heard_from(&id);
     let reply =
-        blocking(&state, move |c| c.store.heartbeat(&id, req.running, req.resources.as_ref(), now_ms()))
-            .await?;
+        quick(&state, move |c| c.store.heartbeat(&id, req.running, req.resources.as_ref(), now_ms())).await?;
     Ok(json(StatusCode::OK, &reply))
 }
 
@@ -846,20 +952,26 @@ async fn lease(State(state): State<AppState>, Path(id): Path<String>, body: Body
         let notified = state.work.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
-        let lease = blocking(&state, {
-            let id = id.clone();
-            let request_id = req.request_id.clone();
-            move |c| {
-                let idle = c.idle_workers();
-                let leased = c.store.lease(&id, req.max, request_id.as_deref(), &idle, now_ms())?;
-                c.metrics.subtasks_leased.inc_by(leased.lease.subtasks.len() as u64);
-                for wait in &leased.queue_wait_ms {
-                    c.metrics.queue_wait.observe(*wait as f64 / 1000.0);
+        let lease = if state.nothing_new_for(&id, req.request_id.as_deref()) {
+            Lease::default()
+        } else {
+            quick(&state, {
+                let id = id.clone();
+                let request_id = req.request_id.clone();
+                move |c| {
+                    let idle = c.idle_workers();
+                    let generation = c.work_generation();
+                    let leased = c.store.lease(&id, req.max, request_id.as_deref(), &idle, now_ms())?;
+                    c.lease_ran(&id, generation, request_id.as_deref(), leased.drained);
+                    c.metrics.subtasks_leased.inc_by(leased.lease.subtasks.len() as u64);
+                    for wait in &leased.queue_wait_ms {
+                        c.metrics.queue_wait.observe(*wait as f64 / 1000.0);
+                    }
+                    Ok(leased.lease)
                 }
-                Ok(leased.lease)
-            }
-        })
-        .await?;
+            })
+            .await?
+        };
         if !lease.subtasks.is_empty() || tokio::time::Instant::now() >= deadline {
             return Ok(json(StatusCode::OK, &lease));
         }
@@ -879,9 +991,19 @@ async fn complete(State(state): State<AppState>, Path(id): Path<String>, body: B
         base_backoff_ms: state.config.retry_backoff.as_millis() as u64,
         ..RetryPolicy::default()
     };
+    // A split step's output becomes many map subtasks: a long write.
+    let output_bytes: usize = req
+        .completions
+        .iter()
+        .map(|c| match &c.outcome {
+            Outcome::Output(out) => out.0.len(),
+            Outcome::Error { .. } => 0,
+        })
+        .sum();
+    let long = (output_bytes > QUICK_COMPLETE_BYTES).then(|| state.long_write());
     // Metrics and wake-ups happen with the store call, which runs to the end even when the worker hangs up
     // (a SIGKILLed worker's last batch is still recorded, so it must still be counted).
-    let done = blocking(&state, move |c| {
+    let complete = move |c: &Coordinator| {
         let run_times: Vec<(i64, u64)> =
             req.completions.iter().map(|c| (c.subtask_id, c.usage.wall_time_us)).collect();
         let done = c.store.complete(&id, req.completions, retry, now_ms())?;
@@ -899,7 +1021,11 @@ async fn complete(State(state): State<AppState>, Path(id): Path<String>, body: B
         }
         c.tasks_finished(done.finished_tasks.len());
         Ok(done)
-    })
-    .await?;
-    Ok(json(StatusCode::OK, &done.reply))
+    };
+    let done = if long.is_some() { blocking(&state, complete).await } else { quick(&state, complete).await };
+    drop(long);
+    Ok(json(StatusCode::OK, &done?.reply))
 }
+
+/// Completion batches carrying more output than this are long writes (see [`quick`]).
+const QUICK_COMPLETE_BYTES: usize = 1 << 20;

@@ -27,6 +27,7 @@ use hivemind_runtime::{Runtime, RuntimeConfig};
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use store::Store;
 use store::postgres::{PostgresStore, StoreEvent};
@@ -46,6 +47,16 @@ pub struct Coordinator {
     validator: Runtime,
     /// Wakes long-polling lease requests when work may be available.
     work: Notify,
+    /// Bumped with every `work` wake-up: what a drained queue is compared against.
+    work_generation: AtomicU64,
+    /// Store writes under way that may hold the writer for long (a big submit, a cancel): while there are
+    /// any, short writes go off the async threads too, since they may queue behind one.
+    long_writes: AtomicUsize,
+    /// Workers whose last lease drained the queue: the work generation it saw, and the request's id. A new
+    /// request of such a worker finds nothing until the generation moves on, so it waits at once instead of
+    /// running an empty lease in the store (a repeat of the same request still runs, to get its answer
+    /// again).
+    drained: parking_lot::Mutex<HashMap<String, (u64, Option<String>)>>,
     /// Bumped whenever a task finishes; long-polling waits watch it.
     task_events: watch::Sender<u64>,
     /// When this process last heard from each worker, recorded before the heartbeat's store write: a long
@@ -62,6 +73,15 @@ pub struct Coordinator {
 
 /// How far back the throughput history reaches (ten minutes).
 pub const THROUGHPUT_SECONDS: usize = 600;
+
+/// Marks a long store write as under way while alive.
+pub(crate) struct LongWrite<'a>(&'a Coordinator);
+
+impl Drop for LongWrite<'_> {
+    fn drop(&mut self) {
+        self.0.long_writes.fetch_sub(1, Ordering::SeqCst);
+    }
+}
 
 /// Marks a worker as long-polling while alive.
 struct Polling<'a> {
@@ -131,6 +151,9 @@ impl Coordinator {
             store,
             validator,
             work: Notify::new(),
+            work_generation: AtomicU64::new(0),
+            long_writes: AtomicUsize::new(0),
+            drained: parking_lot::Mutex::new(HashMap::new()),
             task_events: watch::channel(0).0,
             heard: parking_lot::Mutex::new(HashMap::new()),
             polling: parking_lot::Mutex::new(HashMap::new()),
@@ -169,12 +192,48 @@ impl Coordinator {
         self.heard.lock().insert(worker.to_owned(), Instant::now());
     }
 
-    /// Workers heard from within the failure-detection window; forgets older entries.
+    /// Workers heard from within the failure-detection window; forgets older entries (and what it knew of
+    /// their leases).
     fn recently_heard(&self) -> Vec<String> {
         let window = self.config.dead_after;
         let mut heard = self.heard.lock();
         heard.retain(|_, at| at.elapsed() < window);
+        self.drained.lock().retain(|worker, _| heard.contains_key(worker));
         heard.keys().cloned().collect()
+    }
+
+    /// Marks a long store write as under way until the returned guard is dropped.
+    pub(crate) fn long_write(&self) -> LongWrite<'_> {
+        self.long_writes.fetch_add(1, Ordering::SeqCst);
+        LongWrite(self)
+    }
+
+    /// Whether a short store write may run on the calling async thread (see [`store::TaskStore::inline_writes`]).
+    fn inline_write(&self) -> bool {
+        self.store.inline_writes() && self.long_writes.load(Ordering::SeqCst) == 0
+    }
+
+    fn work_generation(&self) -> u64 {
+        self.work_generation.load(Ordering::SeqCst)
+    }
+
+    /// Records what `worker`'s lease request `request_id`, run at work generation `generation`, found.
+    fn lease_ran(&self, worker: &str, generation: u64, request_id: Option<&str>, drained: bool) {
+        let mut marks = self.drained.lock();
+        if drained {
+            marks.insert(worker.to_owned(), (generation, request_id.map(str::to_owned)));
+        } else {
+            marks.remove(worker);
+        }
+    }
+
+    /// Whether a lease request `request_id` of `worker` would find nothing: its last one drained the queue,
+    /// no work came since, and this is a new request.
+    fn nothing_new_for(&self, worker: &str, request_id: Option<&str>) -> bool {
+        let generation = self.work_generation();
+        self.drained.lock().get(worker).is_some_and(|(seen, last)| {
+            *seen == generation && request_id.is_some() && last.as_deref() != request_id
+        })
     }
 
     /// Records `worker` as long-polling until the returned guard is dropped.
@@ -189,6 +248,7 @@ impl Coordinator {
     }
 
     fn work_available(&self) {
+        self.work_generation.fetch_add(1, Ordering::SeqCst);
         self.work.notify_waiters();
     }
 

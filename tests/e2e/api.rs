@@ -76,6 +76,17 @@ fn bad_requests_get_specific_errors_and_change_nothing() {
     );
     let big = "x".repeat((16 << 20) + 1);
     assert_error(post_json(&tasks, json!({"module_id": echo, "inputs": [big]})), 413, "input_too_large");
+    // Bodies over a megabyte are received into a file and their inputs moved to another: the same checks.
+    let mut many: Vec<serde_json::Value> = (0..200_000).map(|i| json!(format!("input-{i}"))).collect();
+    many[150_000] = json!({"base64": "!!!"});
+    assert_error(post_json(&tasks, json!({"module_id": echo, "inputs": many.clone()})), 400, "invalid_json");
+    many[150_000] = json!(big);
+    let reply = post_json(&tasks, json!({"module_id": echo, "inputs": many}));
+    assert_error(reply.clone(), 413, "input_too_large");
+    assert!(
+        reply.1["error"]["message"].as_str().expect("message").starts_with("input 150000 has"),
+        "{reply:?}"
+    );
 
     assert_error(send("GET", &format!("{tasks}/does-not-exist"), None), 404, "task_not_found");
     assert_error(send("GET", &format!("{tasks}/bad%20id"), None), 400, "invalid_task_id");

@@ -216,13 +216,18 @@ fn result_long_polls_until_the_task_finishes() {
 }
 
 #[test]
-fn a_result_bigger_than_a_page_streams_every_output_in_order() {
+fn a_big_submit_and_a_result_bigger_than_a_page_keep_every_input_and_output_in_order() {
     let cluster = Cluster::start(1, 2);
     let client = cluster.client();
     let module_id = upload(&cluster, programs::ECHO);
-    // Two and a half pages of the coordinator's 10,000-output pages, with a binary output in the last one.
-    let mut inputs: Vec<Blob> = (0..25_001).map(|i| Blob::from(format!("out-{i}").as_str())).collect();
+    // Two and a half pages of the coordinator's 10,000-output pages, with binary outputs early and in the
+    // last page. The body (1.5 MB) is over the coordinator's 1 MiB for submits held in memory, and so are
+    // the inputs: both go through temporary files.
+    let mut inputs: Vec<Blob> =
+        (0..25_001).map(|i| Blob::from(format!("out-{i:06}-{}", "p".repeat(48)).as_str())).collect();
+    inputs[3] = Blob(vec![0x80; 40]);
     inputs[25_000] = Blob(vec![0xff, 0x00, 0xfe]);
+    assert!(serde_json::to_vec(&inputs).expect("json").len() > 1_300_000);
     let task = client
         .submit_task(&SubmitTask { module_id, inputs: inputs.clone(), ..SubmitTask::default() })
         .expect("submit");

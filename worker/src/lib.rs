@@ -278,7 +278,9 @@ impl Worker {
             let req = match retry.take() {
                 Some(req) => req,
                 None => {
-                    let wait = if in_flight == 0 { self.config.idle_wait } else { Duration::ZERO };
+                    // Always a long poll: with subtasks in hand but slots to spare, this request waits at
+                    // the coordinator for new work instead of asking again when each result is reported.
+                    let wait = self.config.idle_wait;
                     let request_id = self.lease_seq.fetch_add(1, Ordering::Relaxed).to_string();
                     LeaseRequest {
                         max: target - in_flight,
@@ -294,13 +296,6 @@ impl Worker {
             match lease {
                 Ok(lease) => {
                     failures = 0;
-                    if lease.subtasks.is_empty() && in_flight > 0 {
-                        tokio::select! {
-                            _ = freed => {}
-                            _ = stopped(stop) => {}
-                            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
-                        }
-                    }
                     let generation = self.generation.load(Ordering::SeqCst);
                     for subtask in lease.subtasks {
                         let Some(task) = lease.tasks.get(&subtask.task_id).cloned() else { continue };

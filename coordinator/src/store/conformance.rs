@@ -19,6 +19,7 @@ macro_rules! suite {
             placement_respects_memory_and_labels,
             idle_module_holder_is_preferred,
             a_lease_takes_at_most_a_fair_share_of_the_backlog,
+            a_lease_says_whether_it_drained_the_queue,
             map_results_in_input_order_with_usage_totals,
             split_map_reduce_transitions,
             guest_error_fails_the_task_naming_the_subtask,
@@ -241,6 +242,23 @@ pub fn a_lease_takes_at_most_a_fair_share_of_the_backlog(store: &dyn Store) {
     register(store, "b", 3, 1 << 30, &[], &[]);
     assert_eq!(lease(store, "a", 100, None, 0).subtasks.len(), 3, "ceil(10 * 1 / 4)");
     assert_eq!(lease(store, "b", 100, None, 0).subtasks.len(), 6, "ceil(7 * 3 / 4)");
+}
+
+pub fn a_lease_says_whether_it_drained_the_queue(store: &dyn Store) {
+    worker(store, "w");
+    let drained = |max| store.lease("w", max, None, &[], 0).expect("lease");
+    assert!(drained(5).drained, "an empty queue");
+    store.submit(task("t", 0, 5), 0).expect("submit");
+    let got = drained(3);
+    assert!(got.lease.subtasks.len() == 3 && !got.drained, "two more are queued");
+    let got = drained(3);
+    assert!(got.lease.subtasks.len() == 2 && got.drained, "fewer than asked for: nothing is left");
+    // Work this worker cannot take does not count as drained: placement may change.
+    let mut zoned = task("zoned", 0, 1);
+    zoned.requires = [("zone".to_string(), "b".to_string())].into();
+    store.submit(zoned, 0).expect("submit");
+    let got = drained(3);
+    assert!(got.lease.subtasks.is_empty() && !got.drained, "{got:?}");
 }
 
 pub fn map_results_in_input_order_with_usage_totals(store: &dyn Store) {

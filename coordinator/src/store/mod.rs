@@ -39,6 +39,13 @@ pub enum StoreError {
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
+/// Reading a task's inputs back from their temporary file failed.
+impl From<std::io::Error> for StoreError {
+    fn from(err: std::io::Error) -> Self {
+        StoreError::Backend(format!("cannot read the task's inputs: {err}"))
+    }
+}
+
 /// A validated task, ready to be stored with its subtasks.
 #[derive(Debug, Clone)]
 pub struct NewTask {
@@ -57,7 +64,7 @@ pub struct NewTask {
     pub deadline_at_ms: Option<u64>,
     /// The tenant of the submitting client (`None`: no tenant).
     pub tenant: Option<String>,
-    /// The inputs, in one buffer.
+    /// The inputs (large ones in a temporary file).
     pub inputs: hivemind_proto::api::Inputs,
 }
 
@@ -155,6 +162,10 @@ pub fn describe_attempts(attempts: &[AttemptInfo]) -> String {
 pub struct Leased {
     pub lease: Lease,
     pub queue_wait_ms: Vec<u64>,
+    /// The queue held nothing more for this worker: every task with queued work fits it, and it got fewer
+    /// subtasks than it could take. Until work is added (a submit, a retry, a requeue), asking again finds
+    /// nothing.
+    pub drained: bool,
 }
 
 /// Whether a worker with `labels` satisfies a task's `requires`.
@@ -177,6 +188,13 @@ pub trait TaskStore: Send + Sync {
     /// pool (two thread wake-ups on the path of every such request). SQLite in WAL mode: yes; a database
     /// across the network: no (the default).
     fn inline_reads(&self) -> bool {
+        false
+    }
+    /// Whether a small write (a lease, a completion batch, a heartbeat, a small submit) takes microseconds
+    /// in-process, so the API may run it on its async thread when no long write is under way, instead of
+    /// handing the thread's tokio core to another thread for it. SQLite: yes; a database across the
+    /// network: no (the default).
+    fn inline_writes(&self) -> bool {
         false
     }
     /// Stores a task and its first subtasks; with an idempotency key already used, returns that task and

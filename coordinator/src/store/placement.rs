@@ -41,6 +41,16 @@ pub struct Plan {
     pub all: bool,
     /// The worker's fair share of that backlog: its part of the live slots, at least its own slots.
     pub share: u32,
+    /// Queued subtasks of `tasks` (some may still be waiting out a retry backoff).
+    pub queued: u64,
+}
+
+impl Plan {
+    /// Whether a lease that took `taken` of at most `n` subtasks left nothing this worker could take: every
+    /// task fits it, and it got fewer than it could or all there were.
+    pub fn drained(&self, taken: usize, n: u64) -> bool {
+        self.all && ((taken as u64) < n || taken as u64 >= self.queued)
+    }
 }
 
 /// What placement asks the store while planning.
@@ -68,7 +78,7 @@ pub fn plan<F: Facts>(
     idle_peers: &[String],
     facts: &mut F,
 ) -> Result<Plan, F::Error> {
-    let mut plan = Plan { tasks: Vec::new(), all: true, share: 0 };
+    let mut plan = Plan { tasks: Vec::new(), all: true, share: 0, queued: 0 };
     if active.is_empty() {
         return Ok(plan);
     }
@@ -96,6 +106,7 @@ pub fn plan<F: Facts>(
                 .map(|w| u64::from(w.slots))
                 .sum();
             fair += task.queued.saturating_mul(u64::from(me.slots)).div_ceil(fitting.max(1));
+            plan.queued += task.queued;
             plan.tasks.push((task.id, task.priority));
         } else {
             plan.all = false;

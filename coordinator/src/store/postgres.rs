@@ -807,12 +807,10 @@ impl TaskStore for PostgresStore {
                 )?;
                 return Ok((task_from_row(&row), false));
             }
-            if task.split {
-                let input = task.inputs.get(0).unwrap_or_default();
-                insert_subtasks(tx, &task.id, Phase::Split, 0, task.priority, [input], now_ms)?;
-            } else {
-                insert_subtasks(tx, &task.id, Phase::Map, 0, task.priority, task.inputs.iter(), now_ms)?;
-            }
+            let phase = if task.split { Phase::Split } else { Phase::Map };
+            task.inputs.for_each_chunk(10_000, |first, chunk| {
+                insert_subtasks(tx, &task.id, phase, first as i64, task.priority, chunk.iter().copied(), now_ms)
+            })?;
             notify(tx, true, false)?;
             let status = status_in(tx, &task.id)?.ok_or_else(|| StoreError::Backend("task vanished".into()))?;
             Ok((status, true))
@@ -940,7 +938,7 @@ impl TaskStore for PostgresStore {
                     .map(|r| (r.get(7), leased_from_row(r).0))
                     .collect();
                 if !again.is_empty() {
-                    return Ok(Leased { lease: lease_of(tx, worker_id, again, false)?, queue_wait_ms: Vec::new() });
+                    return Ok(Leased { lease: lease_of(tx, worker_id, again, false)?, queue_wait_ms: Vec::new(), drained: false });
                 }
             }
             let me = Candidate {
@@ -952,7 +950,7 @@ impl TaskStore for PostgresStore {
             let plan = plan_lease(tx, &me, idle_peers)?;
             let n = i64::from(max.min(plan.share));
             if n == 0 || plan.tasks.is_empty() {
-                return Ok(Leased::default());
+                return Ok(Leased { drained: plan.all, ..Leased::default() });
             }
             let rows = if plan.all {
                 tx.query(
@@ -991,7 +989,8 @@ impl TaskStore for PostgresStore {
                 queue_wait_ms.push(now_ms.saturating_sub(queued_at.map_or(now_ms, |q| q as u64)));
                 subtasks.push((r.get::<_, i32>(7), subtask));
             }
-            Ok(Leased { lease: lease_of(tx, worker_id, subtasks, true)?, queue_wait_ms })
+            let drained = plan.drained(subtasks.len(), n as u64);
+            Ok(Leased { lease: lease_of(tx, worker_id, subtasks, true)?, queue_wait_ms, drained })
         })
     }
 

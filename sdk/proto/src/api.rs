@@ -25,6 +25,23 @@ impl<'de> Deserialize<'de> for Blob {
     }
 }
 
+/// A borrowed blob, serialized like [`Blob`].
+struct BlobRef<'a>(&'a [u8]);
+
+impl Serialize for BlobRef<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match std::str::from_utf8(self.0) {
+            Ok(text) => s.serialize_str(text),
+            Err(_) => {
+                use serde::ser::SerializeMap;
+                let mut map = s.serialize_map(Some(1))?;
+                map.serialize_entry("base64", &base64::engine::general_purpose::STANDARD.encode(self.0))?;
+                map.end()
+            }
+        }
+    }
+}
+
 const BLOB_EXPECTED: &str = "a string or an object `{\"base64\": \"...\"}`";
 
 /// Deserializes one blob (a string, or `{"base64": "..."}`) by appending its bytes to a buffer: no
@@ -69,39 +86,143 @@ impl<'de> serde::de::Visitor<'de> for AppendBlob<'_> {
     }
 }
 
-/// Many blobs in one buffer: how the coordinator holds a submitted task's inputs (one allocation for all
-/// of them instead of one each). Deserializes from a JSON array of blobs.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// Buffered input records beyond which [`Inputs`] moves them to its temporary file.
+pub const INPUTS_SPILL_BYTES: usize = 1 << 20;
+
+/// A submitted task's inputs as the coordinator holds them: records (a `u32` little-endian length, then
+/// the bytes) in one buffer, no allocation per input. Deserialized from a JSON array of blobs, a long
+/// array moves to an anonymous temporary file (in `$TMPDIR`) a megabyte at a time, so a million inputs
+/// cost the coordinator about a megabyte of memory however big the request was. Read them with
+/// [`Inputs::for_each_chunk`].
+#[derive(Debug, Clone, Default)]
 pub struct Inputs {
-    data: Vec<u8>,
-    /// End offset of each input in `data`.
-    ends: Vec<usize>,
+    len: usize,
+    /// The records not moved to `file` (all of them while the inputs stay small).
+    buf: Vec<u8>,
+    /// The earlier records, `file_len` bytes of them.
+    file: Option<std::sync::Arc<std::fs::File>>,
+    file_len: u64,
+    /// Index and length of the longest input (the first of that length).
+    longest: Option<(usize, usize)>,
 }
 
 impl Inputs {
     pub fn len(&self) -> usize {
-        self.ends.len()
+        self.len
     }
 
     pub fn is_empty(&self) -> bool {
-        self.ends.is_empty()
+        self.len == 0
     }
 
-    /// The `i`th input.
-    pub fn get(&self, i: usize) -> Option<&[u8]> {
-        let end = *self.ends.get(i)?;
-        let start = if i == 0 { 0 } else { self.ends[i - 1] };
-        Some(&self.data[start..end])
+    /// Index and length of the longest input.
+    pub fn longest(&self) -> Option<(usize, usize)> {
+        self.longest
     }
 
-    pub fn iter(&self) -> impl ExactSizeIterator<Item = &[u8]> + '_ {
-        (0..self.len()).map(|i| self.get(i).expect("index in range"))
+    /// The input, when there is exactly one (a single input always stays in memory).
+    pub fn only(&self) -> Option<&[u8]> {
+        if self.len != 1 || self.file.is_some() {
+            return None;
+        }
+        split_records(&self.buf).0.first().copied()
     }
 
+    /// Appends an input (in memory).
     pub fn push(&mut self, input: &[u8]) {
-        self.data.extend_from_slice(input);
-        self.ends.push(self.data.len());
+        let start = self.start_record();
+        self.buf.extend_from_slice(input);
+        self.end_record(start);
     }
+
+    fn start_record(&mut self) -> usize {
+        let start = self.buf.len();
+        self.buf.extend_from_slice(&[0; 4]);
+        start
+    }
+
+    /// Writes the length of the record begun at `start`, now that its bytes follow.
+    fn end_record(&mut self, start: usize) {
+        let len = self.buf.len() - start - 4;
+        // Inputs are far smaller than 4 GiB: the request body is capped well below that.
+        self.buf[start..start + 4].copy_from_slice(&(len as u32).to_le_bytes());
+        if self.longest.is_none_or(|(_, longest)| len > longest) {
+            self.longest = Some((self.len, len));
+        }
+        self.len += 1;
+    }
+
+    /// Moves the buffered records to the temporary file once they pass [`INPUTS_SPILL_BYTES`] (and there
+    /// is more than one input).
+    fn spill_if_full(&mut self) -> std::io::Result<()> {
+        use std::io::Write;
+        if self.buf.len() < INPUTS_SPILL_BYTES || self.len < 2 {
+            return Ok(());
+        }
+        if self.file.is_none() {
+            self.file = Some(std::sync::Arc::new(tempfile::tempfile()?));
+        }
+        let mut file: &std::fs::File = self.file.as_ref().expect("just created");
+        file.write_all(&self.buf)?;
+        self.file_len += self.buf.len() as u64;
+        self.buf.clear();
+        Ok(())
+    }
+
+    /// Calls `f` with the inputs in order, in chunks of at most `max` (the index of the chunk's first input,
+    /// the chunk), reading the temporary file a block at a time.
+    pub fn for_each_chunk<E: From<std::io::Error>>(
+        &self,
+        max: usize,
+        mut f: impl FnMut(usize, &[&[u8]]) -> Result<(), E>,
+    ) -> Result<(), E> {
+        use std::os::unix::fs::FileExt;
+        let max = max.max(1);
+        let mut index = 0;
+        if let Some(file) = &self.file {
+            let mut block: Vec<u8> = Vec::new();
+            let mut offset = 0u64;
+            while offset < self.file_len || !block.is_empty() {
+                // Top the block up to a megabyte, or to the whole of a longer record begun in it.
+                let pending =
+                    block.get(..4).map_or(0, |h| 4 + u32::from_le_bytes(h.try_into().expect("4")) as usize);
+                let want = pending.max(INPUTS_SPILL_BYTES);
+                let have = block.len();
+                let read = (want.saturating_sub(have) as u64).min(self.file_len - offset) as usize;
+                block.resize(have + read, 0);
+                file.read_exact_at(&mut block[have..], offset)?;
+                offset += read as u64;
+                let (records, consumed) = split_records(&block);
+                if records.is_empty() {
+                    return Err(std::io::Error::other("truncated input record in the temporary file").into());
+                }
+                for chunk in records.chunks(max) {
+                    f(index, chunk)?;
+                    index += chunk.len();
+                }
+                block.drain(..consumed);
+            }
+        }
+        let (records, _) = split_records(&self.buf);
+        for chunk in records.chunks(max) {
+            f(index, chunk)?;
+            index += chunk.len();
+        }
+        Ok(())
+    }
+}
+
+/// The complete records at the start of `bytes`, and how many bytes they take.
+fn split_records(bytes: &[u8]) -> (Vec<&[u8]>, usize) {
+    let mut records = Vec::new();
+    let mut at = 0;
+    while let Some(header) = bytes.get(at..at + 4) {
+        let len = u32::from_le_bytes(header.try_into().expect("four bytes")) as usize;
+        let Some(record) = bytes.get(at + 4..at + 4 + len) else { break };
+        records.push(record);
+        at += 4 + len;
+    }
+    (records, at)
 }
 
 impl<T: AsRef<[u8]>> FromIterator<T> for Inputs {
@@ -111,35 +232,6 @@ impl<T: AsRef<[u8]>> FromIterator<T> for Inputs {
             inputs.push(input.as_ref());
         }
         inputs
-    }
-}
-
-impl Serialize for Inputs {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeSeq;
-        let mut seq = s.serialize_seq(Some(self.len()))?;
-        for input in self.iter() {
-            // Borrowed: serializes exactly as a `Blob`.
-            seq.serialize_element(&BlobRef(input))?;
-        }
-        seq.end()
-    }
-}
-
-/// A borrowed blob, serialized like [`Blob`].
-struct BlobRef<'a>(&'a [u8]);
-
-impl Serialize for BlobRef<'_> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        match std::str::from_utf8(self.0) {
-            Ok(text) => s.serialize_str(text),
-            Err(_) => {
-                use serde::ser::SerializeMap;
-                let mut map = s.serialize_map(Some(1))?;
-                map.serialize_entry("base64", &base64::engine::general_purpose::STANDARD.encode(self.0))?;
-                map.end()
-            }
-        }
     }
 }
 
@@ -154,11 +246,19 @@ impl<'de> Deserialize<'de> for Inputs {
             }
 
             fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Inputs, A::Error> {
+                use serde::de::Error;
                 let mut inputs = Inputs::default();
-                while seq.next_element_seed(AppendBlob(&mut inputs.data))?.is_some() {
-                    inputs.ends.push(inputs.data.len());
+                loop {
+                    let start = inputs.start_record();
+                    if seq.next_element_seed(AppendBlob(&mut inputs.buf))?.is_none() {
+                        inputs.buf.truncate(start);
+                        return Ok(inputs);
+                    }
+                    inputs.end_record(start);
+                    inputs.spill_if_full().map_err(|e| {
+                        A::Error::custom(format!("cannot hold the inputs in a temporary file: {e}"))
+                    })?;
                 }
-                Ok(inputs)
             }
         }
         d.deserialize_seq(Visit)
@@ -576,19 +676,63 @@ pub struct ThroughputPoint {
 mod tests {
     use super::*;
 
+    /// Every input of `inputs`, read in chunks of `max`, checking the chunks' first indexes.
+    fn all_inputs(inputs: &Inputs, max: usize) -> Vec<Vec<u8>> {
+        let mut all = Vec::new();
+        inputs
+            .for_each_chunk(max, |first, chunk| {
+                assert_eq!(first, all.len());
+                assert!(!chunk.is_empty() && chunk.len() <= max);
+                all.extend(chunk.iter().map(|i| i.to_vec()));
+                Ok::<_, std::io::Error>(())
+            })
+            .expect("reads");
+        all
+    }
+
     #[test]
-    fn inputs_hold_text_and_base64_in_one_buffer_and_serialize_like_blobs() {
+    fn inputs_hold_text_and_base64_as_blobs_do() {
         let json = r#"["a", {"base64": "/wD+"}, "", "h\u00e9"]"#;
         let inputs: Inputs = serde_json::from_str(json).expect("parses");
         assert_eq!(inputs.len(), 4);
-        let all: Vec<&[u8]> = inputs.iter().collect();
-        assert_eq!(all, [&b"a"[..], &[0xff, 0x00, 0xfe][..], &b""[..], "hé".as_bytes()]);
+        assert_eq!(inputs.longest(), Some((1, 3)));
         let blobs: Vec<Blob> = serde_json::from_str(json).expect("parses as blobs");
-        assert_eq!(serde_json::to_value(&inputs).expect("json"), serde_json::to_value(&blobs).expect("json"));
+        let expected: Vec<Vec<u8>> = blobs.into_iter().map(|b| b.0).collect();
+        assert_eq!(expected, [&b"a"[..], &[0xff, 0x00, 0xfe][..], &b""[..], "hé".as_bytes()]);
+        assert_eq!(all_inputs(&inputs, 3), expected);
+        assert_eq!(inputs.only(), None);
+        let one: Inputs = serde_json::from_str(r#"["x"]"#).expect("parses");
+        assert_eq!(one.only(), Some(&b"x"[..]));
         for bad in [r#"[1]"#, r#"[{"base64": "!!"}]"#, r#"[{"text": "x"}]"#, r#"[{}]"#, r#""x""#] {
             assert!(serde_json::from_str::<Inputs>(bad).is_err(), "{bad}");
             assert!(bad == r#""x""# || serde_json::from_str::<Vec<Blob>>(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn many_inputs_move_to_a_file_and_read_back_in_order() {
+        // 300,000 small inputs (several megabytes of records), one of 3 MB, binary ones, an empty one.
+        let mut expected: Vec<Vec<u8>> = (0..300_000).map(|i| format!("input-{i}").into_bytes()).collect();
+        expected[1234] = vec![b'x'; 3 << 20];
+        expected[5] = vec![0xff, 0x00];
+        expected[7] = Vec::new();
+        let blobs: Vec<Blob> = expected.iter().cloned().map(Blob).collect();
+        let json = serde_json::to_vec(&blobs).expect("json");
+        let inputs: Inputs = serde_json::from_reader(&json[..]).expect("parses");
+        assert!(
+            inputs.file.is_some() && inputs.buf.len() < INPUTS_SPILL_BYTES,
+            "the records moved to the file"
+        );
+        assert_eq!(inputs.len(), expected.len());
+        assert_eq!(inputs.longest(), Some((1234, 3 << 20)));
+        for max in [1, 7, 10_000] {
+            assert!(all_inputs(&inputs, max) == expected, "chunks of {max}");
+        }
+        // A clone reads the same file.
+        assert!(all_inputs(&inputs.clone(), 500) == expected);
+        // One big input stays in memory.
+        let one: Inputs = serde_json::from_str(&format!("[\"{}\"]", "y".repeat(2 << 20))).expect("parses");
+        assert_eq!(one.only().map(<[u8]>::len), Some(2 << 20));
     }
 
     #[test]
