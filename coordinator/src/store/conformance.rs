@@ -55,7 +55,7 @@ pub fn seed(store: &dyn Store) {
     store.put_module("sha256:m", "command", b"bytes", 0).expect("module");
 }
 
-fn task(id: &str, priority: i32, inputs: usize) -> NewTask {
+pub fn task(id: &str, priority: i32, inputs: usize) -> NewTask {
     NewTask {
         id: id.into(),
         module_id: "sha256:m".into(),
@@ -74,7 +74,7 @@ fn task(id: &str, priority: i32, inputs: usize) -> NewTask {
     }
 }
 
-fn worker(store: &dyn Store, id: &str) {
+pub fn worker(store: &dyn Store, id: &str) {
     register(store, id, 1, 1 << 30, &[], &[]);
 }
 

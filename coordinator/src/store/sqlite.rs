@@ -23,6 +23,17 @@ const MIGRATIONS: [&str; 4] = [
     include_str!("../../migrations/sqlite/0004_tenants.sql"),
 ];
 
+/// Leases the first `?3` runnable queued subtasks in queue order to worker `?1` (request `?4`, time `?2`).
+const LEASE_FROM_QUEUE: &str =
+    "UPDATE subtasks SET state = 'leased', worker_id = ?1, attempt = attempt + 1, lease_id = ?4
+     WHERE id IN (SELECT id FROM subtasks WHERE state = 'queued' AND (not_before IS NULL OR not_before <= ?2)
+                  ORDER BY priority DESC, id LIMIT (?3 + 0))
+     RETURNING id, task_id, phase, idx, attempt, input, priority, queued_at";
+
+// Every `LIMIT`/`OFFSET` takes its bound value as `(?n + 0)`: SQLite compiles a bare `LIMIT ?n` for the
+// value bound at the time and re-prepares the statement whenever it is bound again (measured with
+// `StatementStatus::RePrepare`), which put SQL parsing on the path of every lease.
+
 /// How hard a commit tries to reach the disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Durability {
@@ -102,6 +113,9 @@ fn usage_at(row: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<Usage> {
 fn open_connection(path: &Path, flags: OpenFlags) -> Result<Connection, StoreError> {
     let conn = Connection::open_with_flags(path, flags).map_err(backend)?;
     conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(backend)?;
+    // Room for every statement of the store (about 60): rusqlite's default of 16 evicts statements of the
+    // hot path, which are then parsed and planned again on each request.
+    conn.set_prepared_statement_cache_capacity(256);
     Ok(conn)
 }
 
@@ -586,7 +600,7 @@ impl TaskStore for SqliteStore {
             let mut stmt = conn.prepare_cached(&format!(
                 "SELECT {TASK_COLUMNS} FROM tasks WHERE (?1 IS NULL OR state = ?1) AND (?2 IS NULL OR module_id = ?2)
                     AND (?4 IS NULL OR tenant = ?4)
-                 ORDER BY seq DESC LIMIT ?3"
+                 ORDER BY seq DESC LIMIT (?3 + 0)"
             ))?;
             stmt.query_map(
                 params![filter.state.map(TaskState::as_str), filter.module_id, filter.limit.max(1), filter.tenant],
@@ -606,7 +620,7 @@ impl TaskStore for SqliteStore {
                     finished_at, started_at_us
                  FROM subtasks WHERE task_id = ?1 AND (?2 IS NULL OR phase = ?2) AND (?3 IS NULL OR state = ?3)
                  ORDER BY CASE phase WHEN 'split' THEN 0 WHEN 'map' THEN 1 ELSE 2 END, idx
-                 LIMIT ?4 OFFSET ?5",
+                 LIMIT (?4 + 0) OFFSET (?5 + 0)",
             )?;
             let rows = stmt.query_map(
                 params![
@@ -698,10 +712,19 @@ impl TaskStore for SqliteStore {
                     .collect::<Result<_, _>>()?;
                 if !again.is_empty() {
                     let rows = again.into_iter().map(|(p, s, _)| (p, s)).collect();
-                    return Ok(Leased { lease: lease_of(tx, worker_id, rows, false)?, queue_wait_ms: Vec::new(), drained: false });
+                    return Ok(Leased {
+                        lease: lease_of(tx, worker_id, rows, false)?,
+                        queue_wait_ms: Vec::new(),
+                        drained: false,
+                    });
                 }
             }
-            let me = Candidate { id: worker_id.to_owned(), slots, memory: memory as u64, labels: parse_labels(&labels) };
+            let me = Candidate {
+                id: worker_id.to_owned(),
+                slots,
+                memory: memory as u64,
+                labels: parse_labels(&labels),
+            };
             let plan = plan_lease(tx, &me, idle_peers)?;
             let n = max.min(plan.share);
             if n == 0 || plan.tasks.is_empty() {
@@ -709,15 +732,9 @@ impl TaskStore for SqliteStore {
             }
             const RETURNING: &str = "RETURNING id, task_id, phase, idx, attempt, input, priority, queued_at";
             let rows: Vec<(i32, LeasedSubtask, Option<i64>)> = if plan.all {
-                tx.prepare_cached(&format!(
-                    "UPDATE subtasks SET state = 'leased', worker_id = ?1, attempt = attempt + 1, lease_id = ?4
-                     WHERE id IN (SELECT id FROM subtasks WHERE state = 'queued'
-                                  AND (not_before IS NULL OR not_before <= ?2)
-                                  ORDER BY priority DESC, id LIMIT ?3)
-                     {RETURNING}"
-                ))?
-                .query_map(params![worker_id, now_ms as i64, n, request_id], leased_row)?
-                .collect::<Result<_, _>>()?
+                tx.prepare_cached(LEASE_FROM_QUEUE)?
+                    .query_map(params![worker_id, now_ms as i64, n, request_id], leased_row)?
+                    .collect::<Result<_, _>>()?
             } else {
                 // Only some tasks fit this worker: the first queued subtasks of each, merged in queue order.
                 let mut heads: Vec<(i32, i64)> = Vec::new();
@@ -725,7 +742,7 @@ impl TaskStore for SqliteStore {
                     let ids: Vec<i64> = tx
                         .prepare_cached(
                             "SELECT id FROM subtasks WHERE task_id = ?1 AND state = 'queued'
-                             AND (not_before IS NULL OR not_before <= ?2) ORDER BY id LIMIT ?3",
+                             AND (not_before IS NULL OR not_before <= ?2) ORDER BY id LIMIT (?3 + 0)",
                         )?
                         .query_map(params![task_id, now_ms as i64, n], |r| r.get(0))?
                         .collect::<Result<_, _>>()?;
@@ -745,8 +762,10 @@ impl TaskStore for SqliteStore {
                 }
                 rows
             };
-            let queue_wait_ms =
-                rows.iter().map(|(_, _, queued)| now_ms.saturating_sub(queued.unwrap_or(now_ms as i64) as u64)).collect();
+            let queue_wait_ms = rows
+                .iter()
+                .map(|(_, _, queued)| now_ms.saturating_sub(queued.unwrap_or(now_ms as i64) as u64))
+                .collect();
             let drained = plan.drained(rows.len(), u64::from(n));
             let rows = rows.into_iter().map(|(p, s, _)| (p, s)).collect();
             Ok(Leased { lease: lease_of(tx, worker_id, rows, true)?, queue_wait_ms, drained })
@@ -951,7 +970,7 @@ impl ResultStore for SqliteStore {
         self.read(|conn| {
             conn.prepare_cached(
                 "SELECT CASE WHEN state = 'succeeded' THEN output END FROM subtasks
-                 WHERE task_id = ?1 AND phase = 'map' AND idx >= ?2 ORDER BY idx LIMIT ?3",
+                 WHERE task_id = ?1 AND phase = 'map' AND idx >= ?2 ORDER BY idx LIMIT (?3 + 0)",
             )?
             .query_map(params![id, from as i64, limit], |r| r.get(0))?
             .collect::<Result<_, _>>()
@@ -1116,6 +1135,22 @@ mod tests {
     }
 
     crate::store::conformance::suite!(Some(open()));
+
+    #[test]
+    fn leasing_again_reuses_the_prepared_statement() {
+        let (_dir, store) = open();
+        crate::store::conformance::seed(&store);
+        crate::store::conformance::worker(&store, "w");
+        for round in 0..3 {
+            store.submit(crate::store::conformance::task(&format!("t{round}"), 0, 2), 0).expect("submit");
+            // A different limit each time: a bare `LIMIT ?` would be compiled again for each.
+            let leased = store.lease("w", 1 + round, None, &[], 0).expect("lease").lease;
+            assert_eq!(leased.subtasks.len(), 1 + round as usize);
+        }
+        let writer = store.writer.lock();
+        let statement = writer.prepare_cached(LEASE_FROM_QUEUE).expect("cached");
+        assert_eq!(statement.get_status(rusqlite::StatementStatus::RePrepare), 0);
+    }
 
     #[test]
     fn reopening_keeps_every_change() {
