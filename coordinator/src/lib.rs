@@ -290,10 +290,12 @@ impl Coordinator {
     }
 }
 
-/// The background loops of a serving coordinator: the failure detector and the local autoscaler.
+/// The background loops of a serving coordinator: the failure detector, the throughput sampler, store
+/// maintenance and the local autoscaler.
 struct Background {
     detector: tokio::task::JoinHandle<()>,
     sampler: tokio::task::JoinHandle<()>,
+    maintenance: tokio::task::JoinHandle<()>,
     autoscaler: Option<tokio::task::JoinHandle<()>>,
 }
 
@@ -317,6 +319,22 @@ impl Background {
                 }
             })
         };
+        let maintenance = {
+            let coordinator = coordinator.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_millis(200));
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tick.tick().await;
+                    let store = coordinator.store.clone();
+                    match tokio::task::spawn_blocking(move || store.maintain()).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(err)) => tracing::warn!(error = %err, "store maintenance failed"),
+                        Err(err) => tracing::error!(error = %err, "store maintenance panicked"),
+                    }
+                }
+            })
+        };
         let sampler = {
             let coordinator = coordinator.clone();
             tokio::spawn(async move {
@@ -333,12 +351,13 @@ impl Background {
             .local_workers
             .clone()
             .map(|local| tokio::spawn(scaling::supervise(local, coordinator.clone())));
-        Background { detector, sampler, autoscaler }
+        Background { detector, sampler, maintenance, autoscaler }
     }
 
     async fn stop(self) {
         self.detector.abort();
         self.sampler.abort();
+        self.maintenance.abort();
         if let Some(autoscaler) = self.autoscaler {
             // Dropping the supervisor kills its worker processes.
             autoscaler.abort();

@@ -197,6 +197,12 @@ pub trait TaskStore: Send + Sync {
     fn inline_writes(&self) -> bool {
         false
     }
+    /// Housekeeping the coordinator runs in the background a few times a second, off the requests' path
+    /// (SQLite: a passive WAL checkpoint, so no commit of a request pays for copying the log into the
+    /// database and its fsync). Nothing by default.
+    fn maintain(&self) -> StoreResult<()> {
+        Ok(())
+    }
     /// Stores a task and its first subtasks; with an idempotency key already used, returns that task and
     /// `false`.
     fn submit(&self, task: NewTask, now_ms: u64) -> StoreResult<(TaskStatus, bool)>;

@@ -34,6 +34,11 @@ const LEASE_FROM_QUEUE: &str =
 // value bound at the time and re-prepares the statement whenever it is bound again (measured with
 // `StatementStatus::RePrepare`), which put SQL parsing on the path of every lease.
 
+/// The WAL length (pages) at which a commit checkpoints it itself. The coordinator checkpoints passively in
+/// the background several times a second ([`TaskStore::maintain`]), so this is only a backstop: a commit
+/// that checkpoints copies the log into the database and fsyncs it on the request's path.
+const WAL_AUTOCHECKPOINT_PAGES: u32 = 20_000;
+
 /// How hard a commit tries to reach the disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Durability {
@@ -48,6 +53,8 @@ pub struct SqliteStore {
     writer: Mutex<Connection>,
     readers: Vec<Mutex<Connection>>,
     next_reader: AtomicUsize,
+    /// Runs the background WAL checkpoints ([`TaskStore::maintain`]).
+    checkpointer: Mutex<Connection>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -248,7 +255,8 @@ impl SqliteStore {
         writer
             .execute_batch(&format!(
                 "PRAGMA journal_mode = WAL; PRAGMA synchronous = {sync}; PRAGMA foreign_keys = ON;
-                 PRAGMA cache_size = -32768; PRAGMA temp_store = MEMORY;"
+                 PRAGMA cache_size = -32768; PRAGMA temp_store = MEMORY;
+                 PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT_PAGES};"
             ))
             .map_err(backend)?;
         let version: i64 = writer.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(backend)?;
@@ -265,7 +273,13 @@ impl SqliteStore {
                     .map(Mutex::new)
             })
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(SqliteStore { writer: Mutex::new(writer), readers, next_reader: AtomicUsize::new(0) })
+        let checkpointer = Mutex::new(open_connection(path, OpenFlags::SQLITE_OPEN_READ_WRITE)?);
+        Ok(SqliteStore {
+            writer: Mutex::new(writer),
+            readers,
+            next_reader: AtomicUsize::new(0),
+            checkpointer,
+        })
     }
 
     fn read<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> StoreResult<T> {
@@ -522,6 +536,12 @@ impl TaskStore for SqliteStore {
     fn inline_writes(&self) -> bool {
         // One in-process writer: a small transaction commits in tens of microseconds.
         true
+    }
+
+    fn maintain(&self) -> StoreResult<()> {
+        // Passive: copies what no reader still needs, never waits for the writer or readers.
+        let conn = self.checkpointer.lock();
+        conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())).map_err(backend)
     }
 
     fn submit(&self, task: NewTask, now_ms: u64) -> StoreResult<(TaskStatus, bool)> {
@@ -1135,6 +1155,21 @@ mod tests {
     }
 
     crate::store::conformance::suite!(Some(open()));
+
+    #[test]
+    fn maintenance_checkpoints_the_log_into_the_database() {
+        let (dir, store) = open();
+        crate::store::conformance::seed(&store);
+        store.submit(crate::store::conformance::task("t", 0, 5000), 0).expect("submit");
+        let db = dir.path().join("test.db");
+        let size = || std::fs::metadata(&db).expect("database file").len();
+        let before = size();
+        // Far below the automatic checkpoint: the rows are only in the log so far.
+        assert!(std::fs::metadata(dir.path().join("test.db-wal")).expect("log").len() > before);
+        store.maintain().expect("checkpoint");
+        assert!(size() > before + 100_000, "{before} -> {}", size());
+        assert_eq!(store.task_status("t").expect("read").expect("task").subtasks.queued, 5000);
+    }
 
     #[test]
     fn leasing_again_reuses_the_prepared_statement() {
