@@ -4,6 +4,7 @@
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::metrics::Gauges;
+use crate::store::placement::Candidate;
 use crate::store::{NewTask, OUTPUT_PAGE, RetryPolicy, StoreError, SubtaskFilter, TaskFilter, labels_match};
 use crate::{Coordinator, now_ms};
 use axum::Router;
@@ -496,12 +497,11 @@ fn validate_submit(state: &Coordinator, req: SubmitTask<Inputs>) -> ApiResult<Ne
 
 /// Refuses a task no live worker can ever run: its memory limit exceeds every worker's budget, or no worker
 /// carries the labels it requires. With no live worker at all the task is accepted (workers may come).
-fn check_placeable(task: &NewTask, workers: &[WorkerInfo]) -> ApiResult<()> {
-    let alive: Vec<&WorkerInfo> = workers.iter().filter(|w| w.state == "alive").collect();
+fn check_placeable(task: &NewTask, alive: &[Candidate]) -> ApiResult<()> {
     if alive.is_empty() {
         return Ok(());
     }
-    let labelled: Vec<&&WorkerInfo> =
+    let labelled: Vec<&Candidate> =
         alive.iter().filter(|w| labels_match(&task.requires, &w.labels)).collect();
     if labelled.is_empty() {
         let wanted: Vec<String> = task.requires.iter().map(|(k, v)| format!("{k}={v}")).collect();
@@ -510,7 +510,7 @@ fn check_placeable(task: &NewTask, workers: &[WorkerInfo]) -> ApiResult<()> {
             format!("no live worker carries the required labels {}", wanted.join(", ")),
         ));
     }
-    let largest = labelled.iter().map(|w| w.memory_bytes).max().unwrap_or(0);
+    let largest = labelled.iter().map(|w| w.memory).max().unwrap_or(0);
     if task.limits.memory_bytes > largest {
         return Err(ApiError::unprocessable(
             "unplaceable",
@@ -555,7 +555,7 @@ async fn submit_task(State(state): State<AppState>, caller: CallerExt, body: Bod
     // The store checks that the module exists in the same transaction; its only NotFound is the module.
     let long = (task.inputs.len() > QUICK_SUBMIT_INPUTS).then(|| state.long_write());
     let submit = move |c: &Coordinator| {
-        if let Err(refused) = check_placeable(&task, &c.store.list_workers()?) {
+        if let Err(refused) = check_placeable(&task, &c.store.alive_workers()?) {
             return Ok(Err(refused));
         }
         let (status, created) = c.store.submit(task, now_ms())?;

@@ -297,10 +297,15 @@ impl Worker {
                 Ok(lease) => {
                     failures = 0;
                     let generation = self.generation.load(Ordering::SeqCst);
+                    let got = !lease.subtasks.is_empty();
                     for subtask in lease.subtasks {
                         let Some(task) = lease.tasks.get(&subtask.task_id).cloned() else { continue };
                         self.in_flight.fetch_add(1, Ordering::SeqCst);
                         tokio::spawn(self.clone().execute(subtask, task, generation));
+                    }
+                    if got {
+                        // Let the subtasks just spawned start before the next lease request is sent.
+                        tokio::task::yield_now().await;
                     }
                 }
                 Err(e) if e.code() == Some("worker_unknown") => {

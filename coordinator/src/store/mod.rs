@@ -286,7 +286,10 @@ pub trait MetadataStore: Send + Sync {
     ) -> StoreResult<HeartbeatReply>;
     /// A worker leaving cleanly: its leased subtasks go back to the queue.
     fn deregister_worker(&self, id: &str, now_ms: u64) -> StoreResult<u64>;
+    /// Every worker, dead or alive, with its counters (`GET /v1/workers`).
     fn list_workers(&self) -> StoreResult<Vec<WorkerInfo>>;
+    /// The live workers' slots, memory budgets and labels: what a submit checks a task can be placed on.
+    fn alive_workers(&self) -> StoreResult<Vec<placement::Candidate>>;
     /// Declares dead every live worker silent since `silent_since_ms`, except those in `heard_from` (heard
     /// by this coordinator recently, even if their heartbeat write is still waiting for the store), and
     /// requeues its subtasks (or fails them after `max_attempts`). Returns (worker, requeued) pairs.

@@ -701,7 +701,13 @@ fn plan_lease(tx: &mut Tx<'_, '_>, me: &Candidate, idle_peers: &[String]) -> Sto
     if active.is_empty() {
         return Ok(Plan { all: true, ..Plan::default() });
     }
-    let alive: Vec<Candidate> = tx
+    let alive = alive_workers(tx)?;
+    placement::plan(me, active, &alive, idle_peers, &mut PgFacts(tx))
+}
+
+/// The live workers, as placement sees them.
+fn alive_workers<C: GenericClient>(db: &mut Db<'_, C>) -> StoreResult<Vec<Candidate>> {
+    Ok(db
         .query("SELECT id, slots, memory, labels FROM workers WHERE state = 'alive'", &[])?
         .iter()
         .map(|r| Candidate {
@@ -710,8 +716,7 @@ fn plan_lease(tx: &mut Tx<'_, '_>, me: &Candidate, idle_peers: &[String]) -> Sto
             memory: u64_at(r, 2),
             labels: parse_labels(r.get(3)),
         })
-        .collect();
-    placement::plan(me, active, &alive, idle_peers, &mut PgFacts(tx))
+        .collect())
 }
 
 impl ModuleStore for PostgresStore {
@@ -1321,6 +1326,10 @@ impl MetadataStore for PostgresStore {
             tx.exec("DELETE FROM worker_modules WHERE worker_id = $1", &[&id])?;
             requeue_worker(tx, id, false, now_ms)
         })
+    }
+
+    fn alive_workers(&self) -> StoreResult<Vec<Candidate>> {
+        self.read(alive_workers)
     }
 
     fn list_workers(&self) -> StoreResult<Vec<WorkerInfo>> {

@@ -478,8 +478,13 @@ fn plan_lease(tx: &Transaction<'_>, me: &Candidate, idle_peers: &[String]) -> St
     if active.is_empty() {
         return Ok(Plan { all: true, ..Plan::default() });
     }
-    let alive: Vec<Candidate> = tx
-        .prepare_cached("SELECT id, slots, memory, labels FROM workers WHERE state = 'alive'")?
+    let alive = alive_workers(tx)?;
+    Ok(placement::plan(me, active, &alive, idle_peers, &mut SqliteFacts(tx))?)
+}
+
+/// The live workers, as placement sees them.
+fn alive_workers(conn: &Connection) -> rusqlite::Result<Vec<Candidate>> {
+    conn.prepare_cached("SELECT id, slots, memory, labels FROM workers WHERE state = 'alive'")?
         .query_map([], |r| {
             Ok(Candidate {
                 id: r.get(0)?,
@@ -488,8 +493,7 @@ fn plan_lease(tx: &Transaction<'_>, me: &Candidate, idle_peers: &[String]) -> St
                 labels: parse_labels(&r.get::<_, String>(3)?),
             })
         })?
-        .collect::<Result<_, _>>()?;
-    Ok(placement::plan(me, active, &alive, idle_peers, &mut SqliteFacts(tx))?)
+        .collect()
 }
 
 impl ModuleStore for SqliteStore {
@@ -1068,6 +1072,10 @@ impl MetadataStore for SqliteStore {
             tx.prepare_cached("DELETE FROM worker_modules WHERE worker_id = ?1")?.execute(params![id])?;
             Ok(Self::requeue_worker(tx, id, false, now_ms)?.0)
         })
+    }
+
+    fn alive_workers(&self) -> StoreResult<Vec<Candidate>> {
+        self.read(alive_workers)
     }
 
     fn list_workers(&self) -> StoreResult<Vec<WorkerInfo>> {
