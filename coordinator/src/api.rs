@@ -963,6 +963,11 @@ async fn lease(State(state): State<AppState>, Path(id): Path<String>, body: Body
                     let generation = c.work_generation();
                     let leased = c.store.lease(&id, req.max, request_id.as_deref(), &idle, now_ms())?;
                     c.lease_ran(&id, generation, request_id.as_deref(), leased.drained);
+                    if leased.left && idle.iter().any(|w| *w != id) {
+                        // Work this lease was not allowed to take (its fair share) is for the others
+                        // waiting, who may have looked before this lease and left it to this worker.
+                        c.work_available();
+                    }
                     c.metrics.subtasks_leased.inc_by(leased.lease.subtasks.len() as u64);
                     for wait in &leased.queue_wait_ms {
                         c.metrics.queue_wait.observe(*wait as f64 / 1000.0);

@@ -234,6 +234,10 @@ pub fn idle_module_holder_is_preferred(store: &dyn Store) {
     let got = store.lease("holder", 1, None, &["cold".to_string()], 0).expect("lease");
     assert_eq!(got.lease.subtasks.len(), 1);
     assert_eq!(got.queue_wait_ms, vec![0]);
+    // A holder that long-polls with a subtask in hand is not idle: the cold worker takes the new task.
+    store.submit(task("u", 0, 1), 0).expect("submit");
+    let got = store.lease("cold", 1, None, &idle, 0).expect("lease").lease;
+    assert_eq!(got.subtasks.len(), 1, "the holder is busy, so the cold worker runs it");
 }
 
 pub fn a_lease_takes_at_most_a_fair_share_of_the_backlog(store: &dyn Store) {
@@ -250,9 +254,12 @@ pub fn a_lease_says_whether_it_drained_the_queue(store: &dyn Store) {
     assert!(drained(5).drained, "an empty queue");
     store.submit(task("t", 0, 5), 0).expect("submit");
     let got = drained(3);
-    assert!(got.lease.subtasks.len() == 3 && !got.drained, "two more are queued");
+    assert!(got.lease.subtasks.len() == 3 && !got.drained && got.left, "two more are queued");
     let got = drained(3);
-    assert!(got.lease.subtasks.len() == 2 && got.drained, "fewer than asked for: nothing is left");
+    assert!(
+        got.lease.subtasks.len() == 2 && got.drained && !got.left,
+        "fewer than asked for: nothing is left"
+    );
     // Work this worker cannot take does not count as drained: placement may change.
     let mut zoned = task("zoned", 0, 1);
     zoned.requires = [("zone".to_string(), "b".to_string())].into();

@@ -166,6 +166,9 @@ pub struct Leased {
     /// subtasks than it could take. Until work is added (a submit, a retry, a requeue), asking again finds
     /// nothing.
     pub drained: bool,
+    /// Queued work this lease could have taken is still there (it was held to its fair share, or to its
+    /// `max`): other waiting workers should look again.
+    pub left: bool,
 }
 
 /// Whether a worker with `labels` satisfies a task's `requires`.

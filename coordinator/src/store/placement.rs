@@ -51,6 +51,12 @@ impl Plan {
     pub fn drained(&self, taken: usize, n: u64) -> bool {
         self.all && ((taken as u64) < n || taken as u64 >= self.queued)
     }
+
+    /// Whether a lease that took `taken` of at most `n` subtasks left queued work of its tasks behind: it
+    /// took all it could, and there was more.
+    pub fn left(&self, taken: usize, n: u64) -> bool {
+        taken > 0 && taken as u64 >= n && (taken as u64) < self.queued
+    }
 }
 
 /// What placement asks the store while planning.
@@ -69,8 +75,9 @@ pub fn parse_labels(json: &str) -> BTreeMap<String, String> {
 
 /// Plans a lease by `me` among the live workers `alive`: a task is taken only if its memory limit is within
 /// the worker's budget and the worker carries every label it requires; it is left to an idle worker
-/// (`idle_peers`: long-polling now) that fits it when that worker holds the task's module and this one does
-/// not, or when both hold it alike and this worker's slots are already full.
+/// (one of `idle_peers`, long-polling now, with no subtask leased: a worker keeps a long poll outstanding
+/// while it runs subtasks too, and is not idle then) that fits it when that worker holds the task's module
+/// and this one does not, or when both hold it alike and this worker's slots are already full.
 pub fn plan<F: Facts>(
     me: &Candidate,
     active: Vec<ActiveTask>,
@@ -85,6 +92,8 @@ pub fn plan<F: Facts>(
     let peers: Vec<&Candidate> =
         alive.iter().filter(|p| p.id != me.id && idle_peers.contains(&p.id)).collect();
     let mine_full = !peers.is_empty() && facts.leased(&me.id)? >= me.slots;
+    // Whether each polling peer has nothing leased, asked only of peers that would get a task.
+    let mut peer_idle: BTreeMap<&str, bool> = BTreeMap::new();
     let mut fair = 0u64;
     for task in active {
         let mut take = me.fits(task.memory, &task.requires);
@@ -92,7 +101,18 @@ pub fn plan<F: Facts>(
             let i_hold = facts.holds(&me.id, &task.module_id)?;
             for peer in peers.iter().filter(|p| p.fits(task.memory, &task.requires)) {
                 let peer_holds = facts.holds(&peer.id, &task.module_id)?;
-                if (peer_holds && !i_hold) || (peer_holds == i_hold && mine_full) {
+                if !((peer_holds && !i_hold) || (peer_holds == i_hold && mine_full)) {
+                    continue;
+                }
+                let idle = match peer_idle.get(peer.id.as_str()) {
+                    Some(idle) => *idle,
+                    None => {
+                        let idle = facts.leased(&peer.id)? == 0;
+                        peer_idle.insert(&peer.id, idle);
+                        idle
+                    }
+                };
+                if idle {
                     take = false;
                     break;
                 }

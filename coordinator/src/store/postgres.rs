@@ -943,7 +943,7 @@ impl TaskStore for PostgresStore {
                     .map(|r| (r.get(7), leased_from_row(r).0))
                     .collect();
                 if !again.is_empty() {
-                    return Ok(Leased { lease: lease_of(tx, worker_id, again, false)?, queue_wait_ms: Vec::new(), drained: false });
+                    return Ok(Leased { lease: lease_of(tx, worker_id, again, false)?, queue_wait_ms: Vec::new(), drained: false, left: false });
                 }
             }
             let me = Candidate {
@@ -995,7 +995,8 @@ impl TaskStore for PostgresStore {
                 subtasks.push((r.get::<_, i32>(7), subtask));
             }
             let drained = plan.drained(subtasks.len(), n as u64);
-            Ok(Leased { lease: lease_of(tx, worker_id, subtasks, true)?, queue_wait_ms, drained })
+            let left = plan.left(subtasks.len(), n as u64);
+            Ok(Leased { lease: lease_of(tx, worker_id, subtasks, true)?, queue_wait_ms, drained, left })
         })
     }
 

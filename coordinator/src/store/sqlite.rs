@@ -740,6 +740,7 @@ impl TaskStore for SqliteStore {
                         lease: lease_of(tx, worker_id, rows, false)?,
                         queue_wait_ms: Vec::new(),
                         drained: false,
+                        left: false,
                     });
                 }
             }
@@ -791,8 +792,9 @@ impl TaskStore for SqliteStore {
                 .map(|(_, _, queued)| now_ms.saturating_sub(queued.unwrap_or(now_ms as i64) as u64))
                 .collect();
             let drained = plan.drained(rows.len(), u64::from(n));
+            let left = plan.left(rows.len(), u64::from(n));
             let rows = rows.into_iter().map(|(p, s, _)| (p, s)).collect();
-            Ok(Leased { lease: lease_of(tx, worker_id, rows, true)?, queue_wait_ms, drained })
+            Ok(Leased { lease: lease_of(tx, worker_id, rows, true)?, queue_wait_ms, drained, left })
         })
     }
 
