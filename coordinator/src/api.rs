@@ -928,8 +928,20 @@ async fn heartbeat(State(state): State<AppState>, Path(id): Path<String>, body: 
     validate_id(&id, "invalid_worker_id")?;
     let req: Heartbeat = json_body(&state, body).await?;
     state.heard_from(&id);
-    let reply =
-        quick(&state, move |c| c.store.heartbeat(&id, req.running, req.resources.as_ref(), now_ms())).await?;
+    let reply = quick(&state, move |c| {
+        let reply = c.store.heartbeat(&id, req.running, req.resources.as_ref(), now_ms())?;
+        if let Some(holding) = &req.holding {
+            let stranded = c.stranded(&id, c.store.leased_to(&id)?, holding);
+            if !stranded.is_empty() {
+                let n = c.store.hand_back(&id, &stranded, now_ms())?;
+                tracing::warn!(worker = %id, handed_back = n, "subtasks leased to a worker that never got them went back to the queue");
+                c.metrics.subtasks_requeued.inc_by(n);
+                c.work_available();
+            }
+        }
+        Ok(reply)
+    })
+    .await?;
     Ok(json(StatusCode::OK, &reply))
 }
 

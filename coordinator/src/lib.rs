@@ -65,6 +65,9 @@ pub struct Coordinator {
     /// Workers long-polling for work right now (idle), with how many requests each has waiting: placement
     /// leaves work to them when they suit it better than the asking worker.
     polling: parking_lot::Mutex<HashMap<String, usize>>,
+    /// Per worker, the subtasks leased to it that its heartbeats said it does not hold, with when that was
+    /// first seen (see [`Coordinator::stranded`]).
+    unheld: parking_lot::Mutex<HashMap<String, HashMap<i64, Instant>>>,
     pub metrics: Metrics,
     /// Totals of succeeded and failed subtask attempts, sampled once a second for the dashboard's
     /// throughput chart: `(unix ms, succeeded, failed)`, the last [`THROUGHPUT_SECONDS`] + 1 samples.
@@ -157,6 +160,7 @@ impl Coordinator {
             task_events: watch::channel(0).0,
             heard: parking_lot::Mutex::new(HashMap::new()),
             polling: parking_lot::Mutex::new(HashMap::new()),
+            unheld: parking_lot::Mutex::new(HashMap::new()),
             metrics: Metrics::default(),
             throughput: parking_lot::Mutex::new(std::collections::VecDeque::new()),
         }))
@@ -199,6 +203,7 @@ impl Coordinator {
         let mut heard = self.heard.lock();
         heard.retain(|_, at| at.elapsed() < window);
         self.drained.lock().retain(|worker, _| heard.contains_key(worker));
+        self.unheld.lock().retain(|worker, _| heard.contains_key(worker));
         heard.keys().cloned().collect()
     }
 
@@ -234,6 +239,31 @@ impl Coordinator {
         self.drained.lock().get(worker).is_some_and(|(seen, last)| {
             *seen == generation && request_id.is_some() && last.as_deref() != request_id
         })
+    }
+
+    /// Of the subtasks `leased` to `worker`, those its heartbeats have said it does not hold (`holding`, the
+    /// latest) for the whole failure-detection window: their lease answer never reached it (a coordinator
+    /// killed between committing a lease and answering, while the worker's retry went to another one).
+    /// A subtask whose answer is merely on its way shows up in the worker's next heartbeat.
+    fn stranded(&self, worker: &str, leased: Vec<i64>, holding: &[i64]) -> Vec<i64> {
+        let holding: std::collections::HashSet<i64> = holding.iter().copied().collect();
+        let now = Instant::now();
+        let mut unheld = self.unheld.lock();
+        let before = unheld.remove(worker).unwrap_or_default();
+        let mut missing = HashMap::new();
+        let mut stranded = Vec::new();
+        for id in leased.into_iter().filter(|id| !holding.contains(id)) {
+            let since = before.get(&id).copied().unwrap_or(now);
+            if now.duration_since(since) >= self.config.dead_after {
+                stranded.push(id);
+            } else {
+                missing.insert(id, since);
+            }
+        }
+        if !missing.is_empty() {
+            unheld.insert(worker.to_owned(), missing);
+        }
+        stranded
     }
 
     /// Records `worker` as long-polling until the returned guard is dropped.

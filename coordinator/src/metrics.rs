@@ -105,7 +105,11 @@ impl Default for Metrics {
             ("hivemind_subtasks_succeeded", "Subtask attempts that succeeded", &m.subtasks_succeeded),
             ("hivemind_subtasks_failed", "Subtask attempts that failed", &m.subtasks_failed),
             ("hivemind_completions_refused", "Completions refused by fencing", &m.completions_refused),
-            ("hivemind_subtasks_requeued", "Subtasks requeued from dead workers", &m.subtasks_requeued),
+            (
+                "hivemind_subtasks_requeued",
+                "Subtasks requeued from dead workers, or handed back from workers that never got their lease answer",
+                &m.subtasks_requeued,
+            ),
             ("hivemind_workers_declared_dead", "Workers declared dead", &m.workers_declared_dead),
             ("hivemind_fuel_consumed", "Fuel consumed by finished subtasks", &m.fuel_consumed),
             ("hivemind_module_downloads", "Module downloads served to workers", &m.module_downloads),

@@ -132,7 +132,7 @@ pub fn document() -> Value {
             "RegisterWorker": object(json!({ "name": {"type": "string"}, "slots": {"type": "integer"},
                 "memory_bytes": {"type": "integer"}, "cores": {"type": "integer"}, "labels": {"type": "object"} })),
             "Registered": object(json!({ "worker_id": {"type": "string"}, "heartbeat_ms": {"type": "integer"}, "lease_ms": {"type": "integer"} })),
-            "Heartbeat": object(json!({ "running": {"type": "integer"} })),
+            "Heartbeat": object(json!({ "running": {"type": "integer"}, "resources": {"type": "object"}, "holding": {"type": "array", "items": {"type": "integer"}} })),
             "HeartbeatReply": object(json!({ "cancel": {"type": "array", "items": {"type": "integer"}} })),
             "LeaseRequest": object(json!({ "max": {"type": "integer"}, "wait_ms": {"type": "integer"} })),
             "Lease": object(json!({ "subtasks": {"type": "array"}, "tasks": {"type": "object"} })),

@@ -353,3 +353,64 @@ fn sigterm_drains_the_worker() {
     assert_eq!(cluster.metric("hivemind_completions_refused_total"), 0.0);
     assert_eq!(cluster.metric("hivemind_workers_declared_dead_total"), 0.0);
 }
+
+/// A subtask leased to a worker whose lease answer never arrived (a coordinator killed between committing
+/// the lease and answering, the worker's retry served by another) goes back to the queue once the worker's
+/// heartbeats have left it out for the detection window, without costing an attempt; what the worker says
+/// it holds stays leased to it.
+#[test]
+fn a_lease_the_worker_never_got_is_handed_back() {
+    let cluster = Cluster::coordinator_only();
+    let client = cluster.client();
+    let module_id = client.upload_module(programs::read(programs::ECHO)).expect("upload").module_id;
+    let inputs = vec![Blob(b"a".to_vec()), Blob(b"b".to_vec())];
+    let task =
+        client.submit_task(&SubmitTask { module_id, inputs, ..SubmitTask::default() }).expect("submit");
+    let post = |path: &str, body: serde_json::Value| {
+        let url = format!("{}{path}", cluster.url);
+        crate::reqwest::send("POST", &url, Some((body.to_string().into_bytes(), "application/json")))
+    };
+    let (code, reg) = post(
+        "/v1/workers",
+        serde_json::json!({"name": "sim", "slots": 2, "memory_bytes": 1u64 << 30, "cores": 1}),
+    );
+    assert_eq!(code, 201, "{reg}");
+    let worker = reg["worker_id"].as_str().expect("worker id").to_owned();
+    let lease_path = format!("/v1/workers/{worker}/lease");
+    let (code, lease) = post(&lease_path, serde_json::json!({"max": 2, "wait_ms": 0}));
+    assert_eq!(code, 200, "{lease}");
+    let leased: Vec<i64> = lease["subtasks"]
+        .as_array()
+        .expect("subtasks")
+        .iter()
+        .filter_map(|s| s["subtask_id"].as_i64())
+        .collect();
+    assert_eq!(leased.len(), 2, "{lease}");
+
+    // The worker holds only the first (the second's answer was "lost"); it heartbeats like a worker
+    // (every 200 ms here) and stays alive.
+    let start = Instant::now();
+    poll_until(Duration::from_secs(20), || {
+        let beat = serde_json::json!({"running": 1, "holding": [leased[0]]});
+        let (code, reply) = post(&format!("/v1/workers/{worker}/heartbeat"), beat);
+        assert_eq!(code, 200, "{reply}");
+        if client.status(&task.task_id).expect("status").subtasks.queued == 1 {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        false
+    });
+    assert!(start.elapsed() >= Duration::from_millis(900), "handed back before the detection window (1 s)");
+    let status = client.status(&task.task_id).expect("status");
+    assert_eq!((status.subtasks.leased, status.subtasks.queued), (1, 1), "{:?}", status.subtasks);
+    assert_eq!(cluster.metric("hivemind_workers_declared_dead_total"), 0.0, "the worker stayed alive");
+    assert_eq!(cluster.metric("hivemind_subtasks_requeued_total"), 1.0);
+
+    // Leased again, it is still its first attempt; the held one was never touched.
+    let (code, again) = post(&lease_path, serde_json::json!({"max": 2, "wait_ms": 0}));
+    assert_eq!(code, 200, "{again}");
+    let subtasks = again["subtasks"].as_array().expect("subtasks");
+    assert_eq!(subtasks.len(), 1, "{again}");
+    assert_eq!(subtasks[0]["subtask_id"].as_i64(), Some(leased[1]));
+    assert_eq!(subtasks[0]["attempt"].as_u64(), Some(1), "the hand-back did not cost an attempt");
+}

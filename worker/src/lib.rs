@@ -103,6 +103,9 @@ struct Worker {
     monitor: Monitor,
     /// Cancel tokens of subtasks being run, by subtask id.
     cancels: Mutex<HashMap<i64, CancelToken>>,
+    /// Subtasks leased to this worker and not yet reported: sent with every heartbeat, so the coordinator
+    /// can hand back a subtask it leased to this worker whose lease answer never arrived.
+    holding: Mutex<std::collections::HashSet<i64>>,
     results: mpsc::UnboundedSender<Completion>,
 }
 
@@ -138,6 +141,7 @@ pub async fn run(
         memory_mib,
         monitor: Monitor::new(),
         cancels: Mutex::new(HashMap::new()),
+        holding: Mutex::new(std::collections::HashSet::new()),
         results: tx,
         config,
     });
@@ -235,6 +239,8 @@ impl Worker {
                 Ok(reg) => {
                     tracing::info!(worker = %reg.worker_id, coordinator = %self.client.url(), "registered");
                     *self.worker_id.lock() = reg.worker_id;
+                    // What the previous registration held was requeued when it was declared dead.
+                    self.holding.lock().clear();
                     self.generation.fetch_add(1, Ordering::SeqCst);
                     self.heartbeat_ms.store(reg.heartbeat_ms.max(10), Ordering::SeqCst);
                     self.lost.store(false, Ordering::SeqCst);
@@ -300,6 +306,7 @@ impl Worker {
                     let got = !lease.subtasks.is_empty();
                     for subtask in lease.subtasks {
                         let Some(task) = lease.tasks.get(&subtask.task_id).cloned() else { continue };
+                        self.holding.lock().insert(subtask.subtask_id);
                         self.in_flight.fetch_add(1, Ordering::SeqCst);
                         tokio::spawn(self.clone().execute(subtask, task, generation));
                     }
@@ -338,6 +345,7 @@ impl Worker {
         if self.generation.load(Ordering::SeqCst) != generation || self.lost.load(Ordering::SeqCst) {
             // Declared dead since the lease: the coordinator has requeued this subtask elsewhere.
             tracing::debug!(subtask = subtask.subtask_id, "dropping a subtask of a lost registration");
+            self.holding.lock().remove(&subtask.subtask_id);
             self.in_flight.fetch_sub(1, Ordering::SeqCst);
             self.slot_freed.notify_waiters();
             return;
@@ -448,6 +456,11 @@ async fn report(worker: Arc<Worker>, mut rx: mpsc::UnboundedReceiver<Completion>
             }
         }
         if let Some(worker) = weak.upgrade() {
+            let mut holding = worker.holding.lock();
+            for completion in &batch.completions {
+                holding.remove(&completion.subtask_id);
+            }
+            drop(holding);
             worker.in_flight.fetch_sub(n, Ordering::SeqCst);
             worker.slot_freed.notify_waiters();
         }
@@ -468,6 +481,7 @@ async fn heartbeat(worker: Arc<Worker>) {
             let beat = Heartbeat {
                 running: worker.running.load(Ordering::SeqCst),
                 resources: Some(worker.monitor.read()),
+                holding: Some(worker.holding.lock().iter().copied().collect()),
             };
             match worker.client.heartbeat(&id, &beat).await {
                 Ok(reply) => {

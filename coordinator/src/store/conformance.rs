@@ -20,6 +20,7 @@ macro_rules! suite {
             idle_module_holder_is_preferred,
             a_lease_takes_at_most_a_fair_share_of_the_backlog,
             a_lease_says_whether_it_drained_the_queue,
+            hand_back_requeues_only_the_named_subtasks_without_an_attempt,
             map_results_in_input_order_with_usage_totals,
             split_map_reduce_transitions,
             guest_error_fails_the_task_naming_the_subtask,
@@ -266,6 +267,27 @@ pub fn a_lease_says_whether_it_drained_the_queue(store: &dyn Store) {
     store.submit(zoned, 0).expect("submit");
     let got = drained(3);
     assert!(got.lease.subtasks.is_empty() && !got.drained, "{got:?}");
+}
+
+pub fn hand_back_requeues_only_the_named_subtasks_without_an_attempt(store: &dyn Store) {
+    store.submit(task("t", 0, 3), 0).expect("submit");
+    worker(store, "w");
+    worker(store, "other");
+    let got = lease(store, "w", 2, None, 0);
+    let mut ids: Vec<i64> = got.subtasks.iter().map(|s| s.subtask_id).collect();
+    ids.sort();
+    let mut leased = store.leased_to("w").expect("leased");
+    leased.sort();
+    assert_eq!(leased, ids);
+    let theirs = lease(store, "other", 1, None, 0).subtasks[0].subtask_id;
+    // Another worker's subtask, or one not leased, is not handed back.
+    assert_eq!(store.hand_back("w", &[ids[1], theirs, 999_999], 5).expect("hand back"), 1);
+    assert_eq!(store.leased_to("w").expect("leased"), vec![ids[0]]);
+    let s = status(store, "t").subtasks;
+    assert_eq!((s.leased, s.queued), (2, 1), "{s:?}");
+    let again = lease(store, "w", 1, None, 6);
+    assert_eq!(again.subtasks[0].subtask_id, ids[1]);
+    assert_eq!(again.subtasks[0].attempt, 1, "the hand-back did not cost an attempt");
 }
 
 pub fn map_results_in_input_order_with_usage_totals(store: &dyn Store) {

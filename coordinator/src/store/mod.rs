@@ -289,6 +289,11 @@ pub trait MetadataStore: Send + Sync {
     ) -> StoreResult<HeartbeatReply>;
     /// A worker leaving cleanly: its leased subtasks go back to the queue.
     fn deregister_worker(&self, id: &str, now_ms: u64) -> StoreResult<u64>;
+    /// The subtasks leased to worker `id` right now.
+    fn leased_to(&self, id: &str) -> StoreResult<Vec<i64>>;
+    /// Puts those of `subtasks` still leased to worker `id` back in the queue without costing an attempt
+    /// (the worker never got them: their lease answer was lost). Returns how many went back.
+    fn hand_back(&self, id: &str, subtasks: &[i64], now_ms: u64) -> StoreResult<u64>;
     /// Every worker, dead or alive, with its counters (`GET /v1/workers`).
     fn list_workers(&self) -> StoreResult<Vec<WorkerInfo>>;
     /// The live workers' slots, memory budgets and labels: what a submit checks a task can be placed on.

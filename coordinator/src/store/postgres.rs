@@ -546,11 +546,12 @@ fn record_attempt(
     Ok(())
 }
 
-/// Requeues (or fails, once out of attempts) every subtask leased to `worker_id`. `consume_attempt` is
-/// false for a clean hand-back, which does not count as an attempt.
+/// Requeues (or fails, once out of attempts) every subtask leased to `worker_id`, or only those of `only`.
+/// `consume_attempt` is false for a clean hand-back, which does not count as an attempt.
 fn requeue_worker(
     tx: &mut Tx<'_, '_>,
     worker_id: &str,
+    only: Option<&[i64]>,
     consume_attempt: bool,
     now_ms: u64,
 ) -> StoreResult<u64> {
@@ -565,6 +566,9 @@ fn requeue_worker(
     let mut requeued = 0;
     for r in &rows {
         let (id, task_id): (i64, String) = (r.get(0), r.get(1));
+        if only.is_some_and(|only| !only.contains(&id)) {
+            continue;
+        }
         let (attempt, max_attempts) = (r.get::<_, i32>(4) as u32, r.get::<_, i32>(5) as u32);
         let d = deltas.entry(task_id.clone()).or_default();
         d.leased -= 1;
@@ -1325,8 +1329,22 @@ impl MetadataStore for PostgresStore {
                 return Err(StoreError::UnknownWorker(id.to_owned()));
             }
             tx.exec("DELETE FROM worker_modules WHERE worker_id = $1", &[&id])?;
-            requeue_worker(tx, id, false, now_ms)
+            requeue_worker(tx, id, None, false, now_ms)
         })
+    }
+
+    fn leased_to(&self, id: &str) -> StoreResult<Vec<i64>> {
+        self.read(|db| {
+            Ok(db
+                .query("SELECT id FROM subtasks WHERE worker_id = $1 AND state = 'leased'", &[&id])?
+                .iter()
+                .map(|r| r.get(0))
+                .collect())
+        })
+    }
+
+    fn hand_back(&self, id: &str, subtasks: &[i64], now_ms: u64) -> StoreResult<u64> {
+        self.write(|tx| requeue_worker(tx, id, Some(subtasks), false, now_ms))
     }
 
     fn alive_workers(&self) -> StoreResult<Vec<Candidate>> {
@@ -1388,7 +1406,7 @@ impl MetadataStore for PostgresStore {
             let mut out = Vec::new();
             for id in dead {
                 tx.exec("DELETE FROM worker_modules WHERE worker_id = $1", &[&id])?;
-                let requeued = requeue_worker(tx, &id, true, now_ms)?;
+                let requeued = requeue_worker(tx, &id, None, true, now_ms)?;
                 out.push((id, requeued));
             }
             Ok(out)

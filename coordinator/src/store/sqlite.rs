@@ -307,11 +307,12 @@ impl SqliteStore {
             .optional()
     }
 
-    /// Requeues (or fails, once out of attempts) every subtask leased to `worker_id`.
-    /// `consume_attempt` is false for a clean hand-back, which does not count as an attempt.
+    /// Requeues (or fails, once out of attempts) every subtask leased to `worker_id`, or only those of
+    /// `only`. `consume_attempt` is false for a clean hand-back, which does not count as an attempt.
     fn requeue_worker(
         tx: &Transaction<'_>,
         worker_id: &str,
+        only: Option<&[i64]>,
         consume_attempt: bool,
         now_ms: u64,
     ) -> StoreResult<(u64, Vec<String>)> {
@@ -328,6 +329,9 @@ impl SqliteStore {
         let mut failures = Vec::new();
         let mut requeued = 0;
         for (id, task_id, phase, idx, attempt, max_attempts) in rows {
+            if only.is_some_and(|only| !only.contains(&id)) {
+                continue;
+            }
             if !consume_attempt {
                 tx.prepare_cached(
                     "UPDATE subtasks SET state = 'queued', worker_id = NULL, attempt = attempt - 1, queued_at = ?2
@@ -1072,8 +1076,20 @@ impl MetadataStore for SqliteStore {
                 return Err(StoreError::UnknownWorker(id.to_owned()));
             }
             tx.prepare_cached("DELETE FROM worker_modules WHERE worker_id = ?1")?.execute(params![id])?;
-            Ok(Self::requeue_worker(tx, id, false, now_ms)?.0)
+            Ok(Self::requeue_worker(tx, id, None, false, now_ms)?.0)
         })
+    }
+
+    fn leased_to(&self, id: &str) -> StoreResult<Vec<i64>> {
+        self.read(|conn| {
+            conn.prepare_cached("SELECT id FROM subtasks WHERE worker_id = ?1 AND state = 'leased'")?
+                .query_map(params![id], |r| r.get(0))?
+                .collect()
+        })
+    }
+
+    fn hand_back(&self, id: &str, subtasks: &[i64], now_ms: u64) -> StoreResult<u64> {
+        self.write(|tx| Ok(Self::requeue_worker(tx, id, Some(subtasks), false, now_ms)?.0))
     }
 
     fn alive_workers(&self) -> StoreResult<Vec<Candidate>> {
@@ -1126,7 +1142,7 @@ impl MetadataStore for SqliteStore {
             for id in silent.into_iter().filter(|id| !heard_from.contains(id)) {
                 tx.prepare_cached("UPDATE workers SET state = 'dead' WHERE id = ?1")?.execute(params![id])?;
                 tx.prepare_cached("DELETE FROM worker_modules WHERE worker_id = ?1")?.execute(params![id])?;
-                let (requeued, _) = Self::requeue_worker(tx, &id, true, now_ms)?;
+                let (requeued, _) = Self::requeue_worker(tx, &id, None, true, now_ms)?;
                 out.push((id, requeued));
             }
             Ok(out)

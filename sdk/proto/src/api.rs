@@ -530,6 +530,11 @@ pub struct Heartbeat {
     /// The resource monitor's latest reading.
     #[serde(default)]
     pub resources: Option<Resources>,
+    /// Every subtask the worker holds: leased to it and not yet reported. The coordinator hands back to
+    /// the queue a subtask leased to this worker that stays missing from this list for the failure
+    /// detection window (its lease answer never reached the worker). Absent: no such check.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub holding: Option<Vec<i64>>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]

@@ -159,6 +159,7 @@ impl HeartbeatBench {
             .submit_task(&SubmitTask { module_id, inputs: vec!["x".into(); total], ..SubmitTask::default() })
             .await?;
         let mut ids = Vec::new();
+        let mut holding = Vec::new();
         for i in 0..self.workers {
             let reg = client
                 .register(&RegisterWorker {
@@ -180,6 +181,7 @@ impl HeartbeatBench {
                 lease.subtasks.len()
             );
             ids.push(reg.worker_id);
+            holding.push(lease.subtasks.iter().map(|s| s.subtask_id).collect::<Vec<i64>>());
         }
         let pid = cluster.coordinator.pid();
         let cpu = || cpu_time(pid).ok_or_else(|| anyhow::anyhow!("cannot read the coordinator's CPU time"));
@@ -188,11 +190,11 @@ impl HeartbeatBench {
         // detection window, so the simulated workers stay alive.
         let idle_window = Duration::from_secs(2);
         let (cpu0, t0) = (cpu()?, Instant::now());
-        beat_all(&client, &ids, self.leases, idle_window, false).await?;
+        beat_all(&client, &ids, &holding, idle_window, false).await?;
         let idle = (cpu()? - cpu0).as_secs_f64() / t0.elapsed().as_secs_f64();
 
         let (cpu0, t0) = (cpu()?, Instant::now());
-        let sent = beat_all(&client, &ids, self.leases, self.duration, true).await?;
+        let sent = beat_all(&client, &ids, &holding, self.duration, true).await?;
         let wall = t0.elapsed().as_secs_f64();
         let busy = (cpu()? - cpu0).as_secs_f64() / wall;
 
@@ -236,11 +238,12 @@ impl HeartbeatBench {
 }
 
 /// Heartbeats every worker once per second for `window`, spread evenly (or, with `send` false, only waits
-/// the same time). Returns the number of heartbeats sent; fails if any is refused.
+/// the same time), each with the subtasks it holds (which the coordinator checks against its leases).
+/// Returns the number of heartbeats sent; fails if any is refused.
 async fn beat_all(
     client: &hivemind_client::Client,
     ids: &[String],
-    running: u32,
+    holding: &[Vec<i64>],
     window: Duration,
     send: bool,
 ) -> anyhow::Result<u64> {
@@ -249,14 +252,14 @@ async fn beat_all(
     let mut sent = 0u64;
     let mut next = start;
     'outer: loop {
-        for id in ids {
+        for (id, holding) in ids.iter().zip(holding) {
             next += spacing;
             if next > start + window {
                 break 'outer;
             }
             tokio::time::sleep_until(next.into()).await;
             if send {
-                // What a real worker sends: its running count and a resource monitor reading.
+                // What a real worker sends: its running count, a resource monitor reading and what it holds.
                 let resources = Resources {
                     cores: 8,
                     total_memory_bytes: 32 << 30,
@@ -264,7 +267,12 @@ async fn beat_all(
                     cpu_load: 0.75,
                     load_average: 6.1,
                 };
-                client.heartbeat(id, &Heartbeat { running, resources: Some(resources) }).await?;
+                let beat = Heartbeat {
+                    running: holding.len() as u32,
+                    resources: Some(resources),
+                    holding: Some(holding.clone()),
+                };
+                client.heartbeat(id, &beat).await?;
                 sent += 1;
             }
         }
