@@ -929,8 +929,10 @@ async fn heartbeat(State(state): State<AppState>, Path(id): Path<String>, body: 
     let req: Heartbeat = json_body(&state, body).await?;
     state.heard_from(&id);
     let reply = quick(&state, move |c| {
-        let reply = c.store.heartbeat(&id, req.running, req.resources.as_ref(), now_ms())?;
-        if let Some(holding) = &req.holding {
+        let (reply, leased) = c.store.heartbeat(&id, req.running, req.resources.as_ref(), now_ms())?;
+        if let Some(holding) = &req.holding
+            && c.holdings_to_check(&id, holding.len(), leased)
+        {
             let stranded = c.stranded(&id, c.store.leased_to(&id)?, holding);
             if !stranded.is_empty() {
                 let n = c.store.hand_back(&id, &stranded, now_ms())?;

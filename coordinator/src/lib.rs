@@ -65,14 +65,26 @@ pub struct Coordinator {
     /// Workers long-polling for work right now (idle), with how many requests each has waiting: placement
     /// leaves work to them when they suit it better than the asking worker.
     polling: parking_lot::Mutex<HashMap<String, usize>>,
-    /// Per worker, the subtasks leased to it that its heartbeats said it does not hold, with when that was
-    /// first seen (see [`Coordinator::stranded`]).
-    unheld: parking_lot::Mutex<HashMap<String, HashMap<i64, Instant>>>,
+    /// Per worker, what its heartbeats said of the subtasks leased to it (see [`Coordinator::stranded`]).
+    unheld: parking_lot::Mutex<HashMap<String, Holdings>>,
     pub metrics: Metrics,
     /// Totals of succeeded and failed subtask attempts, sampled once a second for the dashboard's
     /// throughput chart: `(unix ms, succeeded, failed)`, the last [`THROUGHPUT_SECONDS`] + 1 samples.
     throughput: parking_lot::Mutex<std::collections::VecDeque<(u64, u64, u64)>>,
 }
+
+/// What a coordinator knows of the subtasks a worker holds, from its heartbeats.
+#[derive(Debug, Default)]
+struct Holdings {
+    /// When its list was last compared with its leases.
+    checked: Option<Instant>,
+    /// Subtasks leased to it that it did not list, with when that was first seen.
+    missing: HashMap<i64, Instant>,
+}
+
+/// A worker whose heartbeats list as many subtasks as are leased to it has its list compared with its
+/// leases once per this many failure-detection windows.
+pub const HOLDINGS_RECHECK: u32 = 10;
 
 /// How far back the throughput history reaches (ten minutes).
 pub const THROUGHPUT_SECONDS: usize = 600;
@@ -241,6 +253,24 @@ impl Coordinator {
         })
     }
 
+    /// Whether a heartbeat of `worker` listing `holding` subtasks, with `leased` subtasks leased to it, must
+    /// be compared with its leases ([`Coordinator::stranded`]): when the counts differ, while subtasks are
+    /// missing, and at least once per [`HOLDINGS_RECHECK`] detection windows (equal counts may hide a
+    /// missing subtask behind a reported one whose completion is on its way). Other heartbeats of a worker
+    /// whose count matches cost no read of its leases.
+    fn holdings_to_check(&self, worker: &str, holding: usize, leased: u64) -> bool {
+        let mut unheld = self.unheld.lock();
+        if leased == 0 {
+            unheld.remove(worker);
+            return false;
+        }
+        unheld.get(worker).is_none_or(|h| {
+            holding as u64 != leased
+                || !h.missing.is_empty()
+                || h.checked.is_none_or(|at| at.elapsed() >= self.config.dead_after * HOLDINGS_RECHECK)
+        })
+    }
+
     /// Of the subtasks `leased` to `worker`, those its heartbeats have said it does not hold (`holding`, the
     /// latest) for the whole failure-detection window: their lease answer never reached it (a coordinator
     /// killed between committing a lease and answering, while the worker's retry went to another one).
@@ -249,7 +279,7 @@ impl Coordinator {
         let holding: std::collections::HashSet<i64> = holding.iter().copied().collect();
         let now = Instant::now();
         let mut unheld = self.unheld.lock();
-        let before = unheld.remove(worker).unwrap_or_default();
+        let before = unheld.remove(worker).unwrap_or_default().missing;
         let mut missing = HashMap::new();
         let mut stranded = Vec::new();
         for id in leased.into_iter().filter(|id| !holding.contains(id)) {
@@ -260,9 +290,7 @@ impl Coordinator {
                 missing.insert(id, since);
             }
         }
-        if !missing.is_empty() {
-            unheld.insert(worker.to_owned(), missing);
-        }
+        unheld.insert(worker.to_owned(), Holdings { checked: Some(now), missing });
         stranded
     }
 
@@ -477,4 +505,31 @@ pub fn tls_config(cert_pem: &[u8], key_pem: &[u8]) -> anyhow::Result<Arc<rustls:
         .with_single_cert(certs, key)
         .map_err(|e| anyhow::anyhow!("the certificate and key do not go together: {e}"))?;
     Ok(Arc::new(config))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn holdings_are_compared_when_they_differ_and_once_per_window() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config = Config { dead_after: Duration::from_millis(50), ..Config::new(dir.path()) };
+        let c = Coordinator::open(config).expect("coordinator");
+        assert!(!c.holdings_to_check("w", 0, 0), "nothing leased");
+        assert!(c.holdings_to_check("w", 2, 2), "never compared");
+        assert!(c.stranded("w", vec![1, 2], &[1, 2]).is_empty());
+        assert!(!c.holdings_to_check("w", 2, 2), "compared just now, and the counts agree");
+        assert!(c.holdings_to_check("w", 1, 2), "the counts differ");
+        assert!(c.stranded("w", vec![1, 2], &[1]).is_empty(), "missing, but not yet for the window");
+        assert!(c.holdings_to_check("w", 2, 2), "a subtask is missing");
+        std::thread::sleep(Duration::from_millis(60));
+        assert_eq!(c.stranded("w", vec![1, 2], &[1, 3]), vec![2], "missing for the whole window");
+        assert!(!c.holdings_to_check("w", 2, 2));
+        std::thread::sleep(Duration::from_millis(60));
+        assert!(!c.holdings_to_check("w", 2, 2), "the counts agree and nothing is missing");
+        std::thread::sleep(Duration::from_millis(50) * HOLDINGS_RECHECK);
+        assert!(c.holdings_to_check("w", 2, 2), "once in a while even when the counts agree");
+        assert!(c.stranded("w", vec![1, 2], &[2, 1]).is_empty(), "held again: nothing is stranded");
+    }
 }

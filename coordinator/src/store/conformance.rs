@@ -283,6 +283,7 @@ pub fn hand_back_requeues_only_the_named_subtasks_without_an_attempt(store: &dyn
     // Another worker's subtask, or one not leased, is not handed back.
     assert_eq!(store.hand_back("w", &[ids[1], theirs, 999_999], 5).expect("hand back"), 1);
     assert_eq!(store.leased_to("w").expect("leased"), vec![ids[0]]);
+    assert_eq!(store.heartbeat("w", 1, None, 5).expect("heartbeat").1, 1, "the heartbeat counts leases");
     let s = status(store, "t").subtasks;
     assert_eq!((s.leased, s.queued), (2, 1), "{s:?}");
     let again = lease(store, "w", 1, None, 6);
@@ -411,9 +412,9 @@ pub fn cancel_keeps_results_and_notifies_the_worker(store: &dyn Store) {
     let s = store.cancel("t", 2).expect("cancel").expect("task");
     assert_eq!(s.state, TaskState::Cancelled);
     assert_eq!((s.subtasks.succeeded, s.subtasks.cancelled, s.subtasks.queued), (1, 3, 0));
-    let reply = store.heartbeat("w", 1, None, 3).expect("heartbeat");
+    let (reply, _) = store.heartbeat("w", 1, None, 3).expect("heartbeat");
     assert_eq!(reply.cancel, vec![leased.subtasks[1].subtask_id], "the running subtask is interrupted");
-    assert!(store.heartbeat("w", 0, None, 4).expect("heartbeat").cancel.is_empty(), "told once");
+    assert!(store.heartbeat("w", 0, None, 4).expect("heartbeat").0.cancel.is_empty(), "told once");
     let outputs =
         crate::store::task_result(store, "t").expect("result").expect("task").outputs.expect("outputs");
     assert_eq!(outputs[0], Some(Blob(b"T-0".to_vec())));

@@ -279,14 +279,15 @@ pub fn task_result(store: &dyn Store, id: &str) -> StoreResult<Option<TaskResult
 pub trait MetadataStore: Send + Sync {
     fn register_worker(&self, id: &str, worker: &RegisterWorker, now_ms: u64) -> StoreResult<()>;
     /// Records a heartbeat (one write, which renews every lease the worker holds) and returns the subtasks
-    /// it must cancel. Fails with `UnknownWorker` when the worker was declared dead.
+    /// it must cancel, with how many subtasks are leased to it. Fails with `UnknownWorker` when the worker
+    /// was declared dead.
     fn heartbeat(
         &self,
         id: &str,
         running: u32,
         resources: Option<&Resources>,
         now_ms: u64,
-    ) -> StoreResult<HeartbeatReply>;
+    ) -> StoreResult<(HeartbeatReply, u64)>;
     /// A worker leaving cleanly: its leased subtasks go back to the queue.
     fn deregister_worker(&self, id: &str, now_ms: u64) -> StoreResult<u64>;
     /// The subtasks leased to worker `id` right now.

@@ -1299,7 +1299,7 @@ impl MetadataStore for PostgresStore {
         running: u32,
         resources: Option<&Resources>,
         now_ms: u64,
-    ) -> StoreResult<HeartbeatReply> {
+    ) -> StoreResult<(HeartbeatReply, u64)> {
         let resources = resources.map(json).transpose()?;
         self.write(|tx| {
             let n = tx.exec(
@@ -1318,7 +1318,10 @@ impl MetadataStore for PostgresStore {
                 .iter()
                 .map(|r| r.get(0))
                 .collect();
-            Ok(HeartbeatReply { cancel })
+            let leased: i64 = tx
+                .one("SELECT COUNT(*) FROM subtasks WHERE worker_id = $1 AND state = 'leased'", &[&id])?
+                .get(0);
+            Ok((HeartbeatReply { cancel }, leased as u64))
         })
     }
 

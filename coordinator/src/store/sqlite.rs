@@ -1043,7 +1043,7 @@ impl MetadataStore for SqliteStore {
         running: u32,
         resources: Option<&Resources>,
         now_ms: u64,
-    ) -> StoreResult<HeartbeatReply> {
+    ) -> StoreResult<(HeartbeatReply, u64)> {
         let resources = resources
             .map(serde_json::to_string)
             .transpose()
@@ -1062,7 +1062,10 @@ impl MetadataStore for SqliteStore {
                 .prepare_cached("UPDATE subtasks SET cancel_sent = 1 WHERE worker_id = ?1 AND cancel_sent = 0 RETURNING id")?
                 .query_map(params![id], |r| r.get(0))?
                 .collect::<Result<_, _>>()?;
-            Ok(HeartbeatReply { cancel })
+            let leased = tx
+                .prepare_cached("SELECT COUNT(*) FROM subtasks WHERE worker_id = ?1 AND state = 'leased'")?
+                .query_row(params![id], |r| u64_at(r, 0))?;
+            Ok((HeartbeatReply { cancel }, leased))
         })
     }
 
