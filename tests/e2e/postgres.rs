@@ -85,14 +85,21 @@ fn two_coordinators_one_killed_midway_every_result_exactly_once() {
     a.kill_coordinator();
 
     // The client and the workers of the dead coordinator move to the other one by themselves.
-    let mut status = None;
-    poll_until(Duration::from_secs(180), || {
+    let deadline = std::time::Instant::now() + Duration::from_secs(180);
+    let status = loop {
         let s = client.status(&task.task_id).expect("status through the surviving coordinator");
-        let done = s.state.is_finished();
-        status = Some(s);
-        done
-    });
-    let status = status.expect("status");
+        if s.state.is_finished() {
+            break s;
+        }
+        // On a stall, say where the subtasks are and what the workers hold.
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not finished 180 s after the kill: {:?}\nworkers: {:?}",
+            s.subtasks,
+            client.list_workers().map(|w| w.workers)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
     assert_eq!(status.state, TaskState::Succeeded, "{:?}", status.error);
     assert_eq!((status.subtasks.succeeded, status.subtasks.total()), (N, N), "{:?}", status.subtasks);
     assert!(completed_on_a(&client) > before, "the dead coordinator's workers went on through the other one");
