@@ -930,16 +930,8 @@ async fn heartbeat(State(state): State<AppState>, Path(id): Path<String>, body: 
     state.heard_from(&id);
     let reply = quick(&state, move |c| {
         let (reply, leased) = c.store.heartbeat(&id, req.running, req.resources.as_ref(), now_ms())?;
-        if let Some(holding) = &req.holding
-            && c.holdings_to_check(&id, holding.len(), leased)
-        {
-            let stranded = c.stranded(&id, c.store.leased_to(&id)?, holding);
-            if !stranded.is_empty() {
-                let n = c.store.hand_back(&id, &stranded, now_ms())?;
-                tracing::warn!(worker = %id, handed_back = n, "subtasks leased to a worker that never got them went back to the queue");
-                c.metrics.subtasks_requeued.inc_by(n);
-                c.work_available();
-            }
+        if let Some(holding) = &req.holding {
+            c.hand_back_stranded(&id, leased, holding)?;
         }
         Ok(reply)
     })

@@ -294,6 +294,27 @@ impl Coordinator {
         stranded
     }
 
+    /// Compares what a heartbeat of `worker` says it is `holding` with the `leased` subtasks leased to it
+    /// (when [`Coordinator::holdings_to_check`] says so) and puts back in the queue those stranded.
+    fn hand_back_stranded(
+        &self,
+        worker: &str,
+        leased: u64,
+        holding: &[i64],
+    ) -> Result<(), store::StoreError> {
+        if !self.holdings_to_check(worker, holding.len(), leased) {
+            return Ok(());
+        }
+        let stranded = self.stranded(worker, self.store.leased_to(worker)?, holding);
+        if !stranded.is_empty() {
+            let n = self.store.hand_back(worker, &stranded, now_ms())?;
+            tracing::warn!(worker = %worker, handed_back = n, "subtasks leased to a worker that never got them went back to the queue");
+            self.metrics.subtasks_requeued.inc_by(n);
+            self.work_available();
+        }
+        Ok(())
+    }
+
     /// Records `worker` as long-polling until the returned guard is dropped.
     fn polling(&self, worker: &str) -> Polling<'_> {
         *self.polling.lock().entry(worker.to_owned()).or_default() += 1;

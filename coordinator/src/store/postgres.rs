@@ -669,11 +669,7 @@ impl Facts for PgFacts<'_, '_, '_> {
     type Error = StoreError;
 
     fn leased(&mut self, worker: &str) -> StoreResult<u32> {
-        let n: i64 = self
-            .0
-            .one("SELECT COUNT(*) FROM subtasks WHERE worker_id = $1 AND state = 'leased'", &[&worker])?
-            .get(0);
-        Ok(n as u32)
+        Ok(leased_count(self.0, worker)? as u32)
     }
 
     fn holds(&mut self, worker: &str, module: &str) -> StoreResult<bool> {
@@ -707,6 +703,13 @@ fn plan_lease(tx: &mut Tx<'_, '_>, me: &Candidate, idle_peers: &[String]) -> Sto
     }
     let alive = alive_workers(tx)?;
     placement::plan(me, active, &alive, idle_peers, &mut PgFacts(tx))
+}
+
+/// How many subtasks are leased to `worker`.
+fn leased_count<C: GenericClient>(db: &mut Db<'_, C>, worker: &str) -> StoreResult<u64> {
+    let n: i64 =
+        db.one("SELECT COUNT(*) FROM subtasks WHERE worker_id = $1 AND state = 'leased'", &[&worker])?.get(0);
+    Ok(n as u64)
 }
 
 /// The live workers, as placement sees them.
@@ -1318,10 +1321,7 @@ impl MetadataStore for PostgresStore {
                 .iter()
                 .map(|r| r.get(0))
                 .collect();
-            let leased: i64 = tx
-                .one("SELECT COUNT(*) FROM subtasks WHERE worker_id = $1 AND state = 'leased'", &[&id])?
-                .get(0);
-            Ok((HeartbeatReply { cancel }, leased as u64))
+            Ok((HeartbeatReply { cancel }, leased_count(tx, id)?))
         })
     }
 

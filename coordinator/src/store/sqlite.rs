@@ -447,9 +447,7 @@ impl Facts for SqliteFacts<'_, '_> {
     type Error = rusqlite::Error;
 
     fn leased(&mut self, worker: &str) -> rusqlite::Result<u32> {
-        self.0
-            .prepare_cached("SELECT COUNT(*) FROM subtasks WHERE worker_id = ?1 AND state = 'leased'")?
-            .query_row(params![worker], |r| r.get(0))
+        Ok(leased_count(self.0, worker)? as u32)
     }
 
     fn holds(&mut self, worker: &str, module: &str) -> rusqlite::Result<bool> {
@@ -484,6 +482,12 @@ fn plan_lease(tx: &Transaction<'_>, me: &Candidate, idle_peers: &[String]) -> St
     }
     let alive = alive_workers(tx)?;
     Ok(placement::plan(me, active, &alive, idle_peers, &mut SqliteFacts(tx))?)
+}
+
+/// How many subtasks are leased to `worker`.
+fn leased_count(conn: &Connection, worker: &str) -> rusqlite::Result<u64> {
+    conn.prepare_cached("SELECT COUNT(*) FROM subtasks WHERE worker_id = ?1 AND state = 'leased'")?
+        .query_row(params![worker], |r| u64_at(r, 0))
 }
 
 /// The live workers, as placement sees them.
@@ -1062,10 +1066,7 @@ impl MetadataStore for SqliteStore {
                 .prepare_cached("UPDATE subtasks SET cancel_sent = 1 WHERE worker_id = ?1 AND cancel_sent = 0 RETURNING id")?
                 .query_map(params![id], |r| r.get(0))?
                 .collect::<Result<_, _>>()?;
-            let leased = tx
-                .prepare_cached("SELECT COUNT(*) FROM subtasks WHERE worker_id = ?1 AND state = 'leased'")?
-                .query_row(params![id], |r| u64_at(r, 0))?;
-            Ok((HeartbeatReply { cancel }, leased))
+            Ok((HeartbeatReply { cancel }, leased_count(tx, id)?))
         })
     }
 
